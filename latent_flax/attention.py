@@ -1,0 +1,310 @@
+"""Latent attention blocks and the full-attention baseline.
+
+Shapes: B batch, N tokens, D width, H heads of width d = D / H, M latents,
+C chunk size, K = ceil(N / C) chunks. Every block maps x_BND -> y_BND and holds
+its own pre-LN and residual, so the three kinds are interchangeable in a model.
+
+  LatentAttention        bidirectional, three steps (design section 1).
+                         O(N*M*D + M*M*D) time.
+  CausalLatentAttention  chunked causal variant for language modelling
+                         (design section 2). O(N*(M+C)*D + K*M*M*D) time and
+                         O(N*D + K*M*D) memory: no N x N matrix anywhere.
+  FullAttention          multi-head attention through jax.nn.dot_product_attention,
+                         causal or bidirectional. O(N*N*D) time.
+
+Positions: rotary embeddings (RoPE) on token-token attention only, i.e. the local
+in-chunk part of the causal expand step and FullAttention. Latent-token attention
+carries no positions (the latents are a set): in the causal expand step the token
+query meets latent keys un-rotated and its chunk's keys rotated, in one softmax.
+
+Scores and softmaxes are float32 whatever the compute dtype. Intermediate latents
+are sown into the 'intermediates' collection ('compressed' = S, 'refined' = R) so
+tests and analyses can read them with `mutable=['intermediates']`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+_NEG_INF = -1e30  # finite "minus infinity": exp(-1e30 - max) is exactly 0.
+
+
+def rotary(x_BTHd: jax.Array, positions_BT: jax.Array, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (rotate-half form) at integer positions, in float32."""
+  half = x_BTHd.shape[-1] // 2
+  freqs_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BTf = jnp.einsum('bt,f->btf', positions_BT.astype(jnp.float32), freqs_f)
+  sin_BT1f = jnp.sin(angles_BTf)[..., None, :]
+  cos_BT1f = jnp.cos(angles_BTf)[..., None, :]
+  x = x_BTHd.astype(jnp.float32)
+  x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+  out = jnp.concatenate([x1 * cos_BT1f - x2 * sin_BT1f, x2 * cos_BT1f + x1 * sin_BT1f, rest], -1)
+  return out.astype(x_BTHd.dtype)
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """Softmax over the last axis in float32; masked entries get weight exactly 0."""
+  logits = logits.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _NEG_INF)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+class MultiHeadAttention(nn.Module):
+  """W_Q, W_K, W_V (D -> H x d), W_O (H x d -> D) and the shared attention core.
+
+  Calling it is ordinary attention through jax.nn.dot_product_attention (scores
+  and softmax in float32). The latent blocks reuse `project_*` with their own
+  score arithmetic where the computation is not a plain softmax attention.
+  """
+
+  num_heads: int
+  width: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    head_dim = self.width // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=nn.initializers.lecun_normal())
+    self.query = nn.DenseGeneral((self.num_heads, head_dim), **kw)
+    self.key = nn.DenseGeneral((self.num_heads, head_dim), **kw)
+    self.value = nn.DenseGeneral((self.num_heads, head_dim), **kw)
+    self.out = nn.DenseGeneral(self.width, axis=(-2, -1), **kw)
+
+  def project_q(self, x_TD: jax.Array) -> jax.Array:
+    return self.query(x_TD)
+
+  def project_kv(self, x_TD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.key(x_TD), self.value(x_TD)
+
+  def project_out(self, o_THd: jax.Array) -> jax.Array:
+    return self.out(o_THd)
+
+  def __call__(self, q_in_BTD: jax.Array, kv_in_BSD: jax.Array, *,
+               mask_BS: jax.Array | None = None, is_causal: bool = False,
+               positions_BT: jax.Array | None = None) -> jax.Array:
+    q_BTHd = self.project_q(q_in_BTD)
+    k_BSHd, v_BSHd = self.project_kv(kv_in_BSD)
+    if positions_BT is not None:  # token-token attention: rotary on both sides.
+      q_BTHd, k_BSHd = rotary(q_BTHd, positions_BT), rotary(k_BSHd, positions_BT)
+    mask = None if mask_BS is None else mask_BS[:, None, None, :]
+    o_BTHd = jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal)
+    return self.project_out(o_BTHd)
+
+
+class _LatentSteps(nn.Module):
+  """Parameters and the three steps' sub-layers, shared by both latent blocks.
+
+  Both blocks use the same parameter names, so a CausalLatentAttention's params
+  drive a LatentAttention and vice versa (the scan-vs-brute-force test uses it).
+  """
+
+  num_latents: int
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.nowrap
+  def _steps(self, width: int) -> dict[str, nn.Module]:
+    """The sub-layers of the three steps, created inside the caller's compact scope."""
+    mha = lambda name: MultiHeadAttention(self.num_heads, width, self.dtype, self.param_dtype,
+                                          name=name)
+    ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    return dict(
+        compress=mha('compress'), refine=mha('refine'), expand=mha('expand'),
+        ln_latents_compress=ln('ln_latents_compress'),
+        ln_tokens_compress=ln('ln_tokens_compress'), ln_refine=ln('ln_refine'),
+        ln_tokens_expand=ln('ln_tokens_expand'), ln_latents_expand=ln('ln_latents_expand'),
+        drop=nn.Dropout(self.dropout_rate))
+
+  @nn.nowrap
+  def _latents(self, width: int) -> jax.Array:
+    return self.param('latents', nn.initializers.normal(1.0), (self.num_latents, width),
+                      self.param_dtype).astype(self.dtype)
+
+  @staticmethod
+  def _refine(st: dict, s_TMD: jax.Array, deterministic: bool) -> jax.Array:
+    """Step 2 on a batch of latent sets: R = S + MHA_refine(LN(S), LN(S))."""
+    h = st['ln_refine'](s_TMD)
+    return s_TMD + st['drop'](st['refine'](h, h), deterministic=deterministic)
+
+
+class LatentAttention(_LatentSteps):
+  """Bidirectional latent block (design section 1): compress, refine, expand.
+
+  Not for next-token prediction: every latent sees the whole sequence.
+  `mask_BN` (True = real token): padded tokens are never keys in step 1.
+  """
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    B, _, D = x_BND.shape
+    st = self._steps(D)
+    x_BND = x_BND.astype(self.dtype)
+    latents_MD = self._latents(D)
+    latents_BMD = jnp.broadcast_to(latents_MD, (B,) + latents_MD.shape)
+    # Step 1: latents read the tokens.
+    l1 = latents_BMD + st['drop'](
+        st['compress'](st['ln_latents_compress'](latents_BMD), st['ln_tokens_compress'](x_BND),
+                       mask_BS=mask_BN), deterministic=deterministic)
+    self.sow('intermediates', 'compressed', l1)
+    # Step 2: latents attend to each other.
+    l2 = self._refine(st, l1, deterministic)
+    self.sow('intermediates', 'refined', l2)
+    # Step 3: tokens read the latents.
+    return x_BND + st['drop'](
+        st['expand'](st['ln_tokens_expand'](x_BND), st['ln_latents_expand'](l2)),
+        deterministic=deterministic)
+
+
+def _combine_softmax_triples(a, b):
+  """Associative merge of online-softmax partials (max, sum of exp, weighted sum)."""
+  m_a, l_a, o_a = a
+  m_b, l_b, o_b = b
+  m = jnp.maximum(m_a, m_b)
+  w_a, w_b = jnp.exp(m_a - m), jnp.exp(m_b - m)
+  return m, w_a * l_a + w_b * l_b, w_a[..., None] * o_a + w_b[..., None] * o_b
+
+
+def chunk_softmax_triples(q_MHd: jax.Array, k_BKCHd: jax.Array, v_BKCHd: jax.Array,
+                          valid_BKC: jax.Array | None = None):
+  """Per chunk, the online-softmax triple of latent queries over that chunk's tokens.
+
+  Returns m_BKHM (max score), l_BKHM (sum of exp), o_BKHMd (exp-weighted values),
+  all float32. Invalid tokens contribute exactly nothing.
+  """
+  scale = q_MHd.shape[-1] ** -0.5
+  s_BKCHM = jnp.einsum('bkchd,mhd->bkchm', k_BKCHd, q_MHd,
+                       preferred_element_type=jnp.float32) * scale
+  if valid_BKC is not None:
+    s_BKCHM = jnp.where(valid_BKC[..., None, None], s_BKCHM, _NEG_INF)
+  m_BKHM = jnp.max(s_BKCHM, axis=2)
+  p_BKCHM = jnp.exp(s_BKCHM - m_BKHM[:, :, None])
+  if valid_BKC is not None:
+    p_BKCHM = p_BKCHM * valid_BKC[..., None, None]
+  l_BKHM = jnp.sum(p_BKCHM, axis=2)
+  o_BKHMd = jnp.einsum('bkchm,bkchd->bkhmd', p_BKCHM, v_BKCHd.astype(jnp.float32))
+  return m_BKHM, l_BKHM, o_BKHMd
+
+
+def finish_softmax(l_BKHM: jax.Array, o_BKHMd: jax.Array) -> jax.Array:
+  """Attention output o / l as [B, K, M, H, d]; an all-invalid prefix gives 0."""
+  l_safe = jnp.where(l_BKHM > 0, l_BKHM, 1.0)
+  return jnp.swapaxes(o_BKHMd / l_safe[..., None], 2, 3)
+
+
+class CausalLatentAttention(_LatentSteps):
+  """Chunked causal latent block (design section 2).
+
+  Chunk k reads the latents only as a summary R_{k-1} of the chunks before it,
+  plus causal attention inside its own chunk. All prefix summaries S_k come from
+  one `jax.lax.associative_scan` over per-chunk online-softmax triples; step 2
+  is batched over chunks. Lengths that are not a multiple of `chunk_size` are
+  padded at the end (padding sits after every real token, so it can never be
+  seen by one) and sliced off.
+  """
+
+  chunk_size: int = 128
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
+               deterministic: bool = True, positions_BN: jax.Array | None = None) -> jax.Array:
+    B, N, D = x_BND.shape
+    C = self.chunk_size
+    K = -(-N // C)
+    pad = K * C - N
+    st = self._steps(D)
+    M = self.num_latents
+    x_BND = x_BND.astype(self.dtype)
+    if positions_BN is None:
+      positions_BN = jnp.broadcast_to(jnp.arange(N), (B, N))
+    x_BKCD = jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0))).reshape(B, K, C, D)
+    pos_BKC = jnp.pad(positions_BN, ((0, 0), (0, pad))).reshape(B, K, C)
+    valid_BKC = None
+    if mask_BN is not None:
+      valid_BKC = jnp.pad(mask_BN.astype(bool), ((0, 0), (0, pad))).reshape(B, K, C)
+
+    # Step 1, every prefix at once: S_k = L + MHA_compress(LN(L), LN(X[chunks 0..k])).
+    latents_MD = self._latents(D)
+    q_MHd = st['compress'].project_q(st['ln_latents_compress'](latents_MD))
+    k_BKCHd, v_BKCHd = st['compress'].project_kv(st['ln_tokens_compress'](x_BKCD))
+    triples = chunk_softmax_triples(q_MHd, k_BKCHd, v_BKCHd, valid_BKC)
+    _, l_BKHM, o_BKHMd = jax.lax.associative_scan(_combine_softmax_triples, triples, axis=1)
+    attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
+    s_BKMD = latents_MD[None, None] + st['drop'](st['compress'].project_out(attn_BKMHd),
+                                    deterministic=deterministic)
+    self.sow('intermediates', 'compressed', s_BKMD)
+
+    # Step 2, batched over chunks: R_k = S_k + MHA_refine(LN(S_k), LN(S_k)).
+    r_BKMD = self._refine(st, s_BKMD.reshape(B * K, M, D), deterministic).reshape(B, K, M, D)
+    self.sow('intermediates', 'refined', r_BKMD)
+
+    # Step 3: Y_t = X_t + MHA_expand(LN(X_t), [LN(R_{k-1}) ; LN(X[chunk k, <= t])]).
+    r_prev_BKMD = jnp.concatenate([jnp.zeros_like(r_BKMD[:, :1]), r_BKMD[:, :-1]], axis=1)
+    xe_BKCD = st['ln_tokens_expand'](x_BKCD)
+    q_BKCHd = st['expand'].project_q(xe_BKCD)
+    k_lat_BKMHd, v_lat_BKMHd = st['expand'].project_kv(st['ln_latents_expand'](r_prev_BKMD))
+    k_loc_BKCHd, v_loc_BKCHd = st['expand'].project_kv(xe_BKCD)
+    out_BKCHd = expand_attention(q_BKCHd, k_lat_BKMHd, v_lat_BKMHd, k_loc_BKCHd, v_loc_BKCHd,
+                                 pos_BKC, valid_BKC)
+    y_BKCD = st['expand'].project_out(out_BKCHd.astype(self.dtype))
+    y_BND = y_BKCD.reshape(B, K * C, D)[:, :N]
+    return x_BND + st['drop'](y_BND, deterministic=deterministic)
+
+
+def expand_attention(q_BKCHd, k_lat_BKMHd, v_lat_BKMHd, k_loc_BKCHd, v_loc_BKCHd,
+                     pos_BKC, valid_BKC=None):
+  """One softmax per token over [latents of the previous chunks ; its chunk's prefix].
+
+  Chunk 0 has no previous summary: its latent keys are masked. Local keys get
+  rotary positions; latent keys do not.
+  """
+  B, K, C, H, d = q_BKCHd.shape
+  M = k_lat_BKMHd.shape[2]
+  scale = d ** -0.5
+  q_rot = rotary(q_BKCHd.reshape(B * K, C, H, d), pos_BKC.reshape(B * K, C)).reshape(q_BKCHd.shape)
+  k_rot = rotary(k_loc_BKCHd.reshape(B * K, C, H, d), pos_BKC.reshape(B * K, C)).reshape(q_BKCHd.shape)
+  s_lat = jnp.einsum('bkchd,bkmhd->bkhcm', q_BKCHd, k_lat_BKMHd,
+                     preferred_element_type=jnp.float32) * scale
+  s_loc = jnp.einsum('bkchd,bkshd->bkhcs', q_rot, k_rot,
+                     preferred_element_type=jnp.float32) * scale
+  has_past_K = jnp.arange(K) > 0
+  mask_lat = jnp.broadcast_to(has_past_K[None, :, None, None, None], (B, K, H, C, M))
+  mask_loc = jnp.tril(jnp.ones((C, C), bool))[None, None, None]
+  if valid_BKC is not None:
+    mask_loc = mask_loc & valid_BKC[:, :, None, None, :]
+  mask_loc = jnp.broadcast_to(mask_loc, (B, K, H, C, C))
+  w = masked_softmax(jnp.concatenate([s_lat, s_loc], -1), jnp.concatenate([mask_lat, mask_loc], -1))
+  w_lat, w_loc = w[..., :M], w[..., M:]
+  return (jnp.einsum('bkhcm,bkmhd->bkchd', w_lat, v_lat_BKMHd.astype(jnp.float32))
+          + jnp.einsum('bkhcs,bkshd->bkchd', w_loc, v_loc_BKCHd.astype(jnp.float32)))
+
+
+class FullAttention(nn.Module):
+  """Multi-head self-attention over all tokens, causal or bidirectional: the baseline."""
+
+  num_heads: int
+  causal: bool = True
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
+               deterministic: bool = True, positions_BN: jax.Array | None = None) -> jax.Array:
+    B, N, D = x_BND.shape
+    x_BND = x_BND.astype(self.dtype)
+    if positions_BN is None:
+      positions_BN = jnp.broadcast_to(jnp.arange(N), (B, N))
+    h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='ln')(x_BND)
+    mha = MultiHeadAttention(self.num_heads, D, self.dtype, self.param_dtype, name='attn')
+    y = mha(h, h, mask_BS=mask_BN, is_causal=self.causal, positions_BT=positions_BN)
+    return x_BND + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)

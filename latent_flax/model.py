@@ -1,0 +1,140 @@
+"""Byte-level decoder-only language model built from interchangeable attention blocks.
+
+tokens_BN (int32 bytes, vocab 256) -> embedding -> num_layers x [attention, MLP]
+-> final LayerNorm -> logits_BNV (float32). The attention kind comes from
+`config.attention` in {'latent', 'causal_latent', 'full'}; see attention.py for
+the cost of each. Parameters are float32; `dtype` sets the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from latent_flax import attention
+
+VOCAB_SIZE = 256
+ATTENTION_KINDS = ('latent', 'causal_latent', 'full')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hashable mirror of `config.model` (see configs/base.py for field meanings)."""
+
+  attention: str = 'causal_latent'
+  num_latents: int = 64
+  num_heads: int = 4
+  chunk_size: int = 128
+  emb_dim: int = 256
+  mlp_dim: int = 1024
+  num_layers: int = 4
+  dropout_rate: float = 0.0
+  remat: bool = False
+  dtype: str = 'float32'
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict | dict) -> 'ModelConfig':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = dict(config)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise ValueError(f"config.model has unknown field(s) {unknown}; known: {sorted(fields)}.")
+    return cls(**values)
+
+
+def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
+                          task: str = 'lm') -> ModelConfig:
+  """Returns the config as a ModelConfig or raises ValueError with one clear line."""
+  cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_config(config)
+
+  def need(ok: bool, message: str):
+    if not ok:
+      raise ValueError(message)
+
+  need(cfg.attention in ATTENTION_KINDS,
+       f"config.model.attention={cfg.attention!r} is unknown; use one of {list(ATTENTION_KINDS)}.")
+  for name in ('num_latents', 'num_heads', 'chunk_size', 'emb_dim', 'mlp_dim', 'num_layers'):
+    value = getattr(cfg, name)
+    need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+         f"config.model.{name}={value!r} must be an integer >= 1.")
+  need(cfg.emb_dim % cfg.num_heads == 0,
+       f"config.model.emb_dim={cfg.emb_dim} is not divisible by num_heads={cfg.num_heads}; "
+       f"pick num_heads among {[h for h in range(1, cfg.emb_dim + 1) if cfg.emb_dim % h == 0]}.")
+  need((cfg.emb_dim // cfg.num_heads) % 2 == 0,
+       f"config.model.emb_dim / num_heads = {cfg.emb_dim // cfg.num_heads} must be even "
+       "(rotary embeddings rotate pairs of channels).")
+  need(0.0 <= cfg.dropout_rate < 1.0,
+       f"config.model.dropout_rate={cfg.dropout_rate} must be in [0, 1).")
+  need(cfg.dtype in DTYPES,
+       f"config.model.dtype={cfg.dtype!r} is unknown; use one of {list(DTYPES)}.")
+  need(isinstance(cfg.remat, bool), f"config.model.remat={cfg.remat!r} must be True or False.")
+  if task == 'lm':
+    need(cfg.attention != 'latent',
+         "config.model.attention='latent' cannot do language modelling: its latents read the "
+         "whole sequence, so position t would see tokens after t; use 'causal_latent' or 'full'.")
+  return cfg
+
+
+def make_attention(cfg: ModelConfig, *, causal: bool = True, name: str | None = None) -> nn.Module:
+  """The attention block of kind `cfg.attention`, with its own pre-LN and residual."""
+  common = dict(num_heads=cfg.num_heads, dropout_rate=cfg.dropout_rate,
+                dtype=DTYPES[cfg.dtype], name=name)
+  if cfg.attention == 'full':
+    return attention.FullAttention(causal=causal, **common)
+  if cfg.attention == 'causal_latent':
+    return attention.CausalLatentAttention(
+        num_latents=cfg.num_latents, chunk_size=cfg.chunk_size, **common)
+  return attention.LatentAttention(num_latents=cfg.num_latents, **common)
+
+
+class Block(nn.Module):
+  """x + attention, then x + MLP(LN(x))."""
+
+  cfg: ModelConfig
+  causal: bool = True
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, deterministic: bool,
+               mask_BN: jax.Array | None = None) -> jax.Array:
+    cfg = self.cfg
+    dtype = DTYPES[cfg.dtype]
+    x_BND = make_attention(cfg, causal=self.causal, name='attention')(
+        x_BND, mask_BN, deterministic=deterministic)
+    h = nn.LayerNorm(dtype=dtype, name='ln_mlp')(x_BND)
+    h = nn.Dense(cfg.mlp_dim, dtype=dtype, name='mlp_in')(h)
+    h = nn.Dense(x_BND.shape[-1], dtype=dtype, name='mlp_out')(nn.gelu(h))
+    return x_BND + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+
+
+class LanguageModel(nn.Module):
+  """Decoder-only byte LM. apply({'params': p}, tokens_BN) -> logits_BNV, deterministic."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens_BN: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    cfg = self.cfg
+    dtype = DTYPES[cfg.dtype]
+    x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
+                     embedding_init=nn.initializers.normal(1.0))(tokens_BN)
+    block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+    for i in range(cfg.num_layers):
+      x_BND = block(cfg, name=f'block_{i}')(x_BND, deterministic)
+    x_BND = nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
+    logits_BNV = nn.Dense(VOCAB_SIZE, dtype=dtype, name='head')(x_BND)
+    return logits_BNV.astype(jnp.float32)
+
+
+def build_model(model_config: ml_collections.ConfigDict | ModelConfig) -> LanguageModel:
+  """Validates the model config for language modelling and returns the Module."""
+  return LanguageModel(validate_model_config(model_config, task='lm'))
+
+
+def count_params(params: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
