@@ -34,17 +34,20 @@ Dtype = Any
 _NEG_INF = -1e30  # finite "minus infinity": exp(-1e30 - max) is exactly 0.
 
 
-def rotary(x_BTHd: jax.Array, positions_BT: jax.Array, base: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding (rotate-half form) at integer positions, in float32."""
-  half = x_BTHd.shape[-1] // 2
+def rotary_table(length: int, head_dim: int, start: int | jax.Array = 0, base: float = 10_000.0):
+  """sin, cos of shape [length, head_dim // 2] for positions start..start+length-1."""
+  half = head_dim // 2
   freqs_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_BTf = jnp.einsum('bt,f->btf', positions_BT.astype(jnp.float32), freqs_f)
-  sin_BT1f = jnp.sin(angles_BTf)[..., None, :]
-  cos_BT1f = jnp.cos(angles_BTf)[..., None, :]
-  x = x_BTHd.astype(jnp.float32)
+  angles_Tf = jnp.einsum('t,f->tf', jnp.arange(length, dtype=jnp.float32) + start, freqs_f)
+  return jnp.sin(angles_Tf), jnp.cos(angles_Tf)
+
+
+def rotate(x_TD: jax.Array, sin_Tf: jax.Array, cos_Tf: jax.Array) -> jax.Array:
+  """Rotary embedding (rotate-half form) in float32; sin/cos broadcast against x[..., :d/2]."""
+  half = sin_Tf.shape[-1]
+  x = x_TD.astype(jnp.float32)
   x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-  out = jnp.concatenate([x1 * cos_BT1f - x2 * sin_BT1f, x2 * cos_BT1f + x1 * sin_BT1f, rest], -1)
-  return out.astype(x_BTHd.dtype)
+  return jnp.concatenate([x1 * cos_Tf - x2 * sin_Tf, x2 * cos_Tf + x1 * sin_Tf, rest], -1)
 
 
 def masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -88,11 +91,14 @@ class MultiHeadAttention(nn.Module):
 
   def __call__(self, q_in_BTD: jax.Array, kv_in_BSD: jax.Array, *,
                mask_BS: jax.Array | None = None, is_causal: bool = False,
-               positions_BT: jax.Array | None = None) -> jax.Array:
+               rotary: bool = False) -> jax.Array:
     q_BTHd = self.project_q(q_in_BTD)
     k_BSHd, v_BSHd = self.project_kv(kv_in_BSD)
-    if positions_BT is not None:  # token-token attention: rotary on both sides.
-      q_BTHd, k_BSHd = rotary(q_BTHd, positions_BT), rotary(k_BSHd, positions_BT)
+    if rotary:  # token-token self-attention: positions 0..T-1 on both sides.
+      sin, cos = rotary_table(q_BTHd.shape[1], q_BTHd.shape[-1])
+      sin, cos = sin[None, :, None], cos[None, :, None]
+      q_BTHd = rotate(q_BTHd, sin, cos).astype(self.dtype)
+      k_BSHd = rotate(k_BSHd, sin, cos).astype(self.dtype)
     mask = None if mask_BS is None else mask_BS[:, None, None, :]
     o_BTHd = jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal)
     return self.project_out(o_BTHd)
@@ -174,24 +180,26 @@ def _combine_softmax_triples(a, b):
   return m, w_a * l_a + w_b * l_b, w_a[..., None] * o_a + w_b[..., None] * o_b
 
 
-def chunk_softmax_triples(q_MHd: jax.Array, k_BKCHd: jax.Array, v_BKCHd: jax.Array,
+def chunk_softmax_triples(q_HMd: jax.Array, k_BKHCd: jax.Array, v_BKHCd: jax.Array,
                           valid_BKC: jax.Array | None = None):
-  """Per chunk, the online-softmax triple of latent queries over that chunk's tokens.
+  """Per chunk, the online-softmax triple of the latent queries over that chunk's tokens.
 
   Returns m_BKHM (max score), l_BKHM (sum of exp), o_BKHMd (exp-weighted values),
-  all float32. Invalid tokens contribute exactly nothing.
+  all float32; invalid tokens contribute exactly nothing. The max is a constant
+  for differentiation: softmax does not depend on the shift, so gradients are exact.
   """
-  scale = q_MHd.shape[-1] ** -0.5
-  s_BKCHM = jnp.einsum('bkchd,mhd->bkchm', k_BKCHd, q_MHd,
+  scale = q_HMd.shape[-1] ** -0.5
+  s_BKHCM = jnp.einsum('bkhcd,hmd->bkhcm', k_BKHCd, q_HMd,
                        preferred_element_type=jnp.float32) * scale
   if valid_BKC is not None:
-    s_BKCHM = jnp.where(valid_BKC[..., None, None], s_BKCHM, _NEG_INF)
-  m_BKHM = jnp.max(s_BKCHM, axis=2)
-  p_BKCHM = jnp.exp(s_BKCHM - m_BKHM[:, :, None])
+    s_BKHCM = jnp.where(valid_BKC[:, :, None, :, None], s_BKHCM, _NEG_INF)
+  m_BKHM = jax.lax.stop_gradient(jnp.max(s_BKHCM, axis=3))
+  p_BKHCM = jnp.exp(s_BKHCM - m_BKHM[:, :, :, None, :])
   if valid_BKC is not None:
-    p_BKCHM = p_BKCHM * valid_BKC[..., None, None]
-  l_BKHM = jnp.sum(p_BKCHM, axis=2)
-  o_BKHMd = jnp.einsum('bkchm,bkchd->bkhmd', p_BKCHM, v_BKCHd.astype(jnp.float32))
+    p_BKHCM = jnp.where(valid_BKC[:, :, None, :, None], p_BKHCM, 0.0)
+  l_BKHM = jnp.sum(p_BKHCM, axis=3)
+  o_BKHMd = jnp.einsum('bkhcm,bkhcd->bkhmd', p_BKHCM, v_BKHCd,
+                       preferred_element_type=jnp.float32)
   return m_BKHM, l_BKHM, o_BKHMd
 
 
@@ -199,6 +207,10 @@ def finish_softmax(l_BKHM: jax.Array, o_BKHMd: jax.Array) -> jax.Array:
   """Attention output o / l as [B, K, M, H, d]; an all-invalid prefix gives 0."""
   l_safe = jnp.where(l_BKHM > 0, l_BKHM, 1.0)
   return jnp.swapaxes(o_BKHMd / l_safe[..., None], 2, 3)
+
+
+def _heads_first(x_BKTHd: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x_BKTHd, -2, -3)
 
 
 class CausalLatentAttention(_LatentSteps):
@@ -216,7 +228,7 @@ class CausalLatentAttention(_LatentSteps):
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
-               deterministic: bool = True, positions_BN: jax.Array | None = None) -> jax.Array:
+               deterministic: bool = True) -> jax.Array:
     B, N, D = x_BND.shape
     C = self.chunk_size
     K = -(-N // C)
@@ -224,19 +236,16 @@ class CausalLatentAttention(_LatentSteps):
     st = self._steps(D)
     M = self.num_latents
     x_BND = x_BND.astype(self.dtype)
-    if positions_BN is None:
-      positions_BN = jnp.broadcast_to(jnp.arange(N), (B, N))
     x_BKCD = jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0))).reshape(B, K, C, D)
-    pos_BKC = jnp.pad(positions_BN, ((0, 0), (0, pad))).reshape(B, K, C)
     valid_BKC = None
     if mask_BN is not None:
       valid_BKC = jnp.pad(mask_BN.astype(bool), ((0, 0), (0, pad))).reshape(B, K, C)
 
     # Step 1, every prefix at once: S_k = L + MHA_compress(LN(L), LN(X[chunks 0..k])).
     latents_MD = self._latents(D)
-    q_MHd = st['compress'].project_q(st['ln_latents_compress'](latents_MD))
+    q_HMd = jnp.swapaxes(st['compress'].project_q(st['ln_latents_compress'](latents_MD)), 0, 1)
     k_BKCHd, v_BKCHd = st['compress'].project_kv(st['ln_tokens_compress'](x_BKCD))
-    triples = chunk_softmax_triples(q_MHd, k_BKCHd, v_BKCHd, valid_BKC)
+    triples = chunk_softmax_triples(q_HMd, _heads_first(k_BKCHd), _heads_first(v_BKCHd), valid_BKC)
     _, l_BKHM, o_BKHMd = jax.lax.associative_scan(_combine_softmax_triples, triples, axis=1)
     attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
     s_BKMD = latents_MD[None, None] + st['drop'](st['compress'].project_out(attn_BKMHd),
@@ -253,39 +262,45 @@ class CausalLatentAttention(_LatentSteps):
     q_BKCHd = st['expand'].project_q(xe_BKCD)
     k_lat_BKMHd, v_lat_BKMHd = st['expand'].project_kv(st['ln_latents_expand'](r_prev_BKMD))
     k_loc_BKCHd, v_loc_BKCHd = st['expand'].project_kv(xe_BKCD)
-    out_BKCHd = expand_attention(q_BKCHd, k_lat_BKMHd, v_lat_BKMHd, k_loc_BKCHd, v_loc_BKCHd,
-                                 pos_BKC, valid_BKC)
+    out_BKHCd = expand_attention(*map(_heads_first, (q_BKCHd, k_lat_BKMHd, v_lat_BKMHd,
+                                                     k_loc_BKCHd, v_loc_BKCHd)), valid_BKC)
+    out_BKCHd = _heads_first(out_BKHCd)
     y_BKCD = st['expand'].project_out(out_BKCHd.astype(self.dtype))
     y_BND = y_BKCD.reshape(B, K * C, D)[:, :N]
     return x_BND + st['drop'](y_BND, deterministic=deterministic)
 
 
-def expand_attention(q_BKCHd, k_lat_BKMHd, v_lat_BKMHd, k_loc_BKCHd, v_loc_BKCHd,
-                     pos_BKC, valid_BKC=None):
+def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,
+                     valid_BKC=None, chunk_offset: int = 0):
   """One softmax per token over [latents of the previous chunks ; its chunk's prefix].
 
-  Chunk 0 has no previous summary: its latent keys are masked. Local keys get
-  rotary positions; latent keys do not.
+  Head-major layouts. Chunk k = 0 (counting from `chunk_offset`) has no previous
+  summary: its latent keys are masked. Local keys get rotary positions within the
+  chunk (rotary scores depend only on the offset between positions, so in-chunk
+  positions give the same attention as absolute ones); latent keys get none.
+  Returns o_BKHCd in float32.
   """
-  B, K, C, H, d = q_BKCHd.shape
-  M = k_lat_BKMHd.shape[2]
+  _, K, _, C, d = q_BKHCd.shape
   scale = d ** -0.5
-  q_rot = rotary(q_BKCHd.reshape(B * K, C, H, d), pos_BKC.reshape(B * K, C)).reshape(q_BKCHd.shape)
-  k_rot = rotary(k_loc_BKCHd.reshape(B * K, C, H, d), pos_BKC.reshape(B * K, C)).reshape(q_BKCHd.shape)
-  s_lat = jnp.einsum('bkchd,bkmhd->bkhcm', q_BKCHd, k_lat_BKMHd,
+  sin, cos = rotary_table(C, d)
+  sin, cos = sin[None, None, None], cos[None, None, None]
+  s_lat = jnp.einsum('bkhcd,bkhmd->bkhcm', q_BKHCd, k_lat_BKHMd,
                      preferred_element_type=jnp.float32) * scale
-  s_loc = jnp.einsum('bkchd,bkshd->bkhcs', q_rot, k_rot,
+  s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', rotate(q_BKHCd, sin, cos), rotate(k_loc_BKHCd, sin, cos),
                      preferred_element_type=jnp.float32) * scale
-  has_past_K = jnp.arange(K) > 0
-  mask_lat = jnp.broadcast_to(has_past_K[None, :, None, None, None], (B, K, H, C, M))
+  has_past = (jnp.arange(K) + chunk_offset > 0)[None, :, None, None, None]
+  s_lat = jnp.where(has_past, s_lat, _NEG_INF)
   mask_loc = jnp.tril(jnp.ones((C, C), bool))[None, None, None]
   if valid_BKC is not None:
     mask_loc = mask_loc & valid_BKC[:, :, None, None, :]
-  mask_loc = jnp.broadcast_to(mask_loc, (B, K, H, C, C))
-  w = masked_softmax(jnp.concatenate([s_lat, s_loc], -1), jnp.concatenate([mask_lat, mask_loc], -1))
-  w_lat, w_loc = w[..., :M], w[..., M:]
-  return (jnp.einsum('bkhcm,bkmhd->bkchd', w_lat, v_lat_BKMHd.astype(jnp.float32))
-          + jnp.einsum('bkhcs,bkshd->bkchd', w_loc, v_loc_BKCHd.astype(jnp.float32)))
+  s_loc = jnp.where(mask_loc, s_loc, _NEG_INF)
+  # The shift is a constant for differentiation: softmax does not depend on it.
+  m = jax.lax.stop_gradient(jnp.maximum(s_lat.max(-1, keepdims=True), s_loc.max(-1, keepdims=True)))
+  p_lat, p_loc = jnp.exp(s_lat - m), jnp.exp(s_loc - m)
+  denom = p_lat.sum(-1, keepdims=True) + p_loc.sum(-1, keepdims=True)
+  o = (jnp.einsum('bkhcm,bkhmd->bkhcd', p_lat, v_lat_BKHMd, preferred_element_type=jnp.float32)
+       + jnp.einsum('bkhcs,bkhsd->bkhcd', p_loc, v_loc_BKHCd, preferred_element_type=jnp.float32))
+  return o / denom
 
 
 class FullAttention(nn.Module):
@@ -299,12 +314,10 @@ class FullAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
-               deterministic: bool = True, positions_BN: jax.Array | None = None) -> jax.Array:
-    B, N, D = x_BND.shape
+               deterministic: bool = True) -> jax.Array:
+    D = x_BND.shape[-1]
     x_BND = x_BND.astype(self.dtype)
-    if positions_BN is None:
-      positions_BN = jnp.broadcast_to(jnp.arange(N), (B, N))
     h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='ln')(x_BND)
     mha = MultiHeadAttention(self.num_heads, D, self.dtype, self.param_dtype, name='attn')
-    y = mha(h, h, mask_BS=mask_BN, is_causal=self.causal, positions_BT=positions_BN)
+    y = mha(h, h, mask_BS=mask_BN, is_causal=self.causal, rotary=True)
     return x_BND + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)

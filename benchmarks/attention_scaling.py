@@ -1,0 +1,123 @@
+"""Time and peak memory of one attention layer, forward + backward, against N.
+
+    python benchmarks/attention_scaling.py [--out benchmarks/results/attention_scaling]
+
+causal_latent (M in {16, 64, 256}) and full causal attention at D=256, H=4, C=128,
+batch 1. Each point runs in its own process, so an out-of-memory is recorded as
+such and peak memory (peak RSS of that process) is not shared between points.
+Writes <out>.json and <out>.png (time vs N and memory vs N, log-log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+VARIANTS = [('causal_latent', 16), ('causal_latent', 64), ('causal_latent', 256), ('full', 0)]
+
+
+def measure_one(kind: str, num_latents: int, n: int, width: int, heads: int, chunk: int,
+                dtype: str) -> dict:
+  common.make_oom_killable()
+  import jax
+  import jax.numpy as jnp
+  from latent_flax import attention
+
+  dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
+  if kind == 'full':
+    layer = attention.FullAttention(num_heads=heads, causal=True, dtype=dt)
+  else:
+    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
+                                            chunk_size=chunk, dtype=dt)
+  x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
+  params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
+
+  @jax.jit
+  def fwd_bwd(params, x):
+    loss = lambda p, x: jnp.mean(layer.apply(p, x).astype(jnp.float32) ** 2)
+    return jax.grad(loss, argnums=(0, 1))(params, x)
+
+  base_mb = common.peak_rss_mb()
+  first, median = common.time_fn(lambda: fwd_bwd(params, x))
+  return {'status': 'ok', 'kind': kind, 'num_latents': num_latents, 'n': n,
+          'seconds': median, 'first_call_seconds': first, 'peak_rss_mb': common.peak_rss_mb(),
+          'rss_before_mb': base_mb, 'tokens_per_sec': n / median}
+
+
+def plot(records: list[dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for kind, m in VARIANTS:
+    label = 'full' if kind == 'full' else f'causal_latent M={m}'
+    pts = [r for r in records if r['kind'] == kind and r['num_latents'] == m and r['status'] == 'ok']
+    if pts:
+      ax_t.plot([r['n'] for r in pts], [r['seconds'] for r in pts], 'o-', label=label)
+      ax_m.plot([r['n'] for r in pts], [r['peak_rss_mb'] / 1024 for r in pts], 'o-', label=label)
+    for r in records:
+      if r['kind'] == kind and r['num_latents'] == m and r['status'] != 'ok':
+        ax_t.annotate(r['status'].upper(), (r['n'], ax_t.get_ylim()[1] if pts else 1), fontsize=7)
+  for ax, ylabel in ((ax_t, 'forward+backward seconds'), (ax_m, 'peak process memory (GiB)')):
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_xlabel('sequence length N')
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle('One attention layer, D=256, H=4, C=128, batch 1 (missing points: out of memory)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--out', default='benchmarks/results/attention_scaling')
+  ap.add_argument('--lengths', default=','.join(map(str, LENGTHS)))
+  ap.add_argument('--width', type=int, default=256)
+  ap.add_argument('--heads', type=int, default=4)
+  ap.add_argument('--chunk', type=int, default=128)
+  ap.add_argument('--dtype', default='float32')
+  ap.add_argument('--timeout_s', type=float, default=900)
+  ap.add_argument('--one', nargs=3, metavar=('KIND', 'M', 'N'), help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.one:
+    kind, m, n = args.one
+    print(json.dumps(measure_one(kind, int(m), int(n), args.width, args.heads, args.chunk,
+                                 args.dtype)), flush=True)
+    return
+
+  lengths = [int(n) for n in args.lengths.split(',')]
+  records = []
+  for kind, m in VARIANTS:
+    failed = False
+    for n in lengths:
+      if failed:  # longer sequences than one that ran out of memory: not attempted.
+        records.append({'status': 'oom (skipped: shorter N already failed)', 'kind': kind,
+                        'num_latents': m, 'n': n})
+        continue
+      rec = common.run_isolated([os.path.abspath(__file__), '--one', kind, str(m), str(n),
+                                 '--width', str(args.width), '--heads', str(args.heads),
+                                 '--chunk', str(args.chunk), '--dtype', args.dtype],
+                                timeout_s=args.timeout_s)
+      rec.update(kind=kind, num_latents=m, n=n)
+      failed = rec['status'] != 'ok'
+      records.append(rec)
+      shown = (f"{rec['seconds']*1e3:9.1f} ms  peak {rec['peak_rss_mb']/1024:6.2f} GiB"
+               if rec['status'] == 'ok' else rec['status'])
+      print(f"{kind:14s} M={m:<4d} N={n:<6d} {shown}", flush=True)
+      common.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
+                                             'records': records})
+  plot(records, args.out + '.png')
+  print(f"wrote {args.out}.json and {args.out}.png")
+
+
+if __name__ == '__main__':
+  main()

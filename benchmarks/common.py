@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmark scripts: subprocess isolation, timing, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_fn(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
+  """(compile+first-run seconds, median seconds of `repeats` further runs)."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  times.sort()
+  return first, times[len(times) // 2]
+
+
+def make_oom_killable() -> None:
+  """In a child process: be the first the kernel's OOM killer picks."""
+  try:
+    with open('/proc/self/oom_score_adj', 'w') as f:
+      f.write('1000')
+  except OSError:
+    pass
+
+
+def run_isolated(argv: list[str], timeout_s: float) -> dict:
+  """Runs one measurement in a fresh process; OOM and timeouts become records."""
+  t0 = time.perf_counter()
+  try:
+    proc = subprocess.run([sys.executable] + argv, capture_output=True, text=True,
+                          timeout=timeout_s, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  except subprocess.TimeoutExpired:
+    return {'status': 'timeout', 'timeout_s': timeout_s}
+  for line in reversed(proc.stdout.splitlines()):
+    if line.startswith('{'):
+      return json.loads(line)
+  err = proc.stderr[-2000:]
+  oom = (proc.returncode in (-9, 137) or 'RESOURCE_EXHAUSTED' in err or 'MemoryError' in err
+         or 'Out of memory' in err or 'bad_alloc' in err)
+  return {'status': 'oom' if oom else 'error', 'returncode': proc.returncode,
+          'stderr_tail': err[-500:], 'wall_s': time.perf_counter() - t0}
+
+
+def machine_info() -> dict:
+  return {'platform': platform.platform(), 'processor': platform.processor(),
+          'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+          'devices': [str(d) for d in jax.devices()]}
+
+
+def write_json(path: str, payload: dict) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)
