@@ -1,0 +1,40 @@
+"""Evaluate a checkpoint from a training workdir on the validation split.
+
+    python eval.py --workdir=/tmp/lf_m64 [--step=600] [--num_eval_steps=0]
+    python eval.py --workdir=/tmp/lf_m64 --config=configs/m64.py --config.data.name=text_files ...
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from latent_flax import eval_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Optional config (default: the workdir's config.json).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_NUM_EVAL_STEPS = flags.DEFINE_integer(
+    "num_eval_steps", None, "Validation batches (0 = whole split; default: the config's).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, _CONFIG.value,
+                                     _NUM_EVAL_STEPS.value)
+  except ValueError as e:
+    print(f"eval.py: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"step {r['step']}  loss {r['loss']:.4f} nats/byte  bits/byte {r['bits_per_byte']:.4f}  "
+        f"over {r['tokens']:,} bytes of {r['dataset']}")
+  for bucket, loss in r['loss_by_position'].items():
+    print(f"  positions {bucket:>12s}: {loss / 0.6931471805599453:.4f} bits/byte")
+  print(f"wrote {r['path']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
