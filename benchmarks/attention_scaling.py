@@ -85,6 +85,8 @@ def main() -> None:
   ap.add_argument('--heads', type=int, default=4)
   ap.add_argument('--chunk', type=int, default=128)
   ap.add_argument('--dtype', default='float32')
+  ap.add_argument('--variants', default=','.join(f'{k}:{m}' for k, m in VARIANTS),
+                  help='comma-separated kind:M, e.g. causal_latent:64,full:0')
   ap.add_argument('--timeout_s', type=float, default=900)
   ap.add_argument('--one', nargs=3, metavar=('KIND', 'M', 'N'), help=argparse.SUPPRESS)
   args = ap.parse_args()
@@ -96,7 +98,8 @@ def main() -> None:
 
   lengths = [int(n) for n in args.lengths.split(',')]
   records = []
-  for kind, m in VARIANTS:
+  variants = [(v.split(':')[0], int(v.split(':')[1])) for v in args.variants.split(',')]
+  for kind, m in variants:
     failed = False
     for n in lengths:
       if failed:  # longer sequences than one that ran out of memory: not attempted.

@@ -1,0 +1,26 @@
+# `make train` and `make test` work on a fresh machine: they create .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/m64
+
+.PHONY: setup train eval test bench
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup
+	$(PY) train.py --config=configs/m64.py --workdir=$(WORKDIR)
+
+eval: setup
+	$(PY) eval.py --workdir=$(WORKDIR)
+
+test: setup
+	XLA_FLAGS=--xla_force_host_platform_device_count=4 JAX_PLATFORMS=cpu $(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/attention_scaling.py

@@ -1,0 +1,152 @@
+"""End to end on 4 fake CPU devices: train, checkpoint, resume, evaluate, fail clearly."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from latent_flax import data as data_lib
+from latent_flax import eval_lib, train_lib
+from tests.helpers import tiny_config
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def _params(workdir, config, step=None):
+  from latent_flax import model as model_lib
+  model = model_lib.build_model(config.model)
+  parallel = train_lib.Parallel('jit', model, config)
+  mngr = train_lib.checkpoint_manager(workdir, config, read_only=True)
+  target = train_lib.abstract_state(model, config, parallel.replicated)
+  state, data_state = train_lib.restore(mngr, step or mngr.latest_step(), target, workdir)
+  mngr.close()
+  return jax.tree.map(np.asarray, state.params), data_state
+
+
+def test_four_devices_are_used():
+  assert jax.device_count() == 4
+
+
+@pytest.mark.parametrize('attention', ['causal_latent', 'full'])
+def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(tmp_path, attention, num_train_steps=9)
+  # Preempt with a real SIGTERM while step 5 is being fed: the run finishes that
+  # step, checkpoints it and returns.
+  next_batch = data_lib.TrainIterator.__next__
+
+  def preempting_next(self):
+    if self.position == 4:
+      signal.raise_signal(signal.SIGTERM)
+    return next_batch(self)
+
+  monkeypatch.setattr(data_lib.TrainIterator, '__next__', preempting_next)
+  short = train_lib.train_and_evaluate(config, workdir)
+  monkeypatch.setattr(data_lib.TrainIterator, '__next__', next_batch)
+  assert short['step'] == 5
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '5']
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+
+  resumed = train_lib.train_and_evaluate(config, workdir)  # resumes from step 5
+  assert resumed['step'] == 9
+  steps = [m['step'] for m in _metrics(workdir)]
+  assert steps == [2, 3, 4, 5, 6, 8, 9]
+  # Resumed run equals an uninterrupted one (same data order, same params).
+  straight_dir = str(tmp_path / 'straight')
+  train_lib.train_and_evaluate(config, straight_dir)
+  a, data_a = _params(workdir, config)
+  b, data_b = _params(straight_dir, config)
+  assert data_a['position'] == data_b['position'] == 9
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
+  logged = lambda d: {m['step']: m['train_loss'] for m in _metrics(d) if 'train_loss' in m}
+  assert logged(workdir) == pytest.approx(logged(straight_dir), rel=1e-5)
+
+  result = eval_lib.evaluate_checkpoint(workdir, step=6)
+  assert result["step"] == 6 and result['bits_per_byte'] == pytest.approx(result['loss'] / np.log(2))
+  assert os.path.exists(os.path.join(workdir, 'eval_step_6.json'))
+  assert set(result['loss_by_position']) == {'0-31'}
+
+
+def test_loss_falls_on_a_learnable_corpus(tmp_path):
+  config = tiny_config(tmp_path, num_train_steps=40, log_every_steps=5, eval_every_steps=40,
+                       checkpoint_every_steps=40, warmup_steps=5)
+  train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  losses = [m['train_loss'] for m in _metrics(str(tmp_path / 'run')) if 'train_loss' in m]
+  assert losses[0] > 4.0 and losses[-1] < 0.6 * losses[0], losses
+
+
+def test_pmap_and_jit_give_the_same_params(tmp_path):
+  runs = {}
+  for kind in ('pmap', 'jit'):
+    config = tiny_config(tmp_path, parallelism=kind, num_train_steps=4, checkpoint_every_steps=4)
+    train_lib.train_and_evaluate(config, str(tmp_path / kind))
+    runs[kind] = _params(str(tmp_path / kind), config)[0]
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4),
+               runs['pmap'], runs['jit'])
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'per_device_batch_size': 0}, 'per_device_batch_size=0 must be an integer >= 1'),
+    ({'learning_rate': -1.0}, 'learning_rate=-1.0 must be in (0, 1]'),
+    ({'num_train_steps': 0}, 'num_train_steps=0 must be an integer >= 1'),
+    ({'parallelism': 'pjit'}, "parallelism='pjit' is unknown"),
+    ({'model.num_heads': 3}, 'not divisible by num_heads=3'),
+    ({'data.seq_len': 100_000}, 'fewer than one window'),
+    ({'data.name': 'tfds:no_such_dataset_xyz'}, "no tfds dataset named"),
+])
+def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, message):
+  config = tiny_config(tmp_path, **overrides)
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError) as err:
+    train_lib.train_and_evaluate(config, str(workdir))
+  assert message in str(err.value) and '\n' not in str(err.value)
+  assert not workdir.exists()
+
+
+def test_workdir_with_other_shapes_is_refused_and_eval_mismatch_is_one_line(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train_lib.train_and_evaluate(tiny_config(tmp_path, num_train_steps=3), workdir)
+  other = tiny_config(tmp_path, **{'model.num_latents': 8})
+  with pytest.raises(ValueError, match='model.num_latents: saved 4 vs new 8'):
+    train_lib.train_and_evaluate(other, workdir)
+  with pytest.raises(ValueError, match=r"latents'\] is \(4, 16\) in the checkpoint but \(8, 16\)"):
+    eval_lib.evaluate_checkpoint(workdir, config=other)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(tmp_path, num_train_steps=3)
+  train_lib.train_and_evaluate(config, workdir)
+  good, _ = _params(workdir, config, step=3)
+  original = train_lib.train_step
+
+  def poisoned(state, batch, rng, **kw):
+    import jax.numpy as jnp
+    state, metrics = original(state, batch, rng, **kw)
+    bad = jnp.where(state.step >= 5, jnp.nan, 0.0)
+    return state, {**metrics, 'loss': metrics['loss'] + bad}
+
+  train_lib.train_step = poisoned
+  try:
+    config = tiny_config(tmp_path, num_train_steps=6)
+    with pytest.raises(FloatingPointError, match='last good checkpoint is step 3'):
+      train_lib.train_and_evaluate(config, workdir)
+  finally:
+    train_lib.train_step = original
+  after, _ = _params(workdir, config)
+  jax.tree.map(np.testing.assert_array_equal, after, good)
+
+
+def test_eval_errors_are_clear(tmp_path):
+  with pytest.raises(ValueError, match='does not exist'):
+    eval_lib.evaluate_checkpoint(str(tmp_path / 'missing'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='no config.json'):
+    eval_lib.evaluate_checkpoint(str(tmp_path / 'empty'))
