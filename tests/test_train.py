@@ -83,12 +83,17 @@ def test_loss_falls_on_a_learnable_corpus(tmp_path):
 
 
 def test_pmap_and_jit_give_the_same_params(tmp_path):
-  runs = {}
+  runs, losses = {}, {}
   for kind in ('pmap', 'jit'):
-    config = tiny_config(tmp_path, parallelism=kind, num_train_steps=4, checkpoint_every_steps=4)
+    config = tiny_config(tmp_path, parallelism=kind, num_train_steps=4, checkpoint_every_steps=4,
+                         log_every_steps=1)
     train_lib.train_and_evaluate(config, str(tmp_path / kind))
     runs[kind] = _params(str(tmp_path / kind), config)[0]
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-5, rtol=1e-4),
+    losses[kind] = [m['train_loss'] for m in _metrics(str(tmp_path / kind))]
+  assert losses['pmap'] == pytest.approx(losses['jit'], rel=1e-5)
+  # Adam divides by sqrt(v): entries whose gradient is ~0 move by lr * (noise sign),
+  # so params agree to a fraction of one step (lr = 1e-2), not to float precision.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-3),
                runs['pmap'], runs['jit'])
 
 
