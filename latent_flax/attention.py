@@ -34,11 +34,11 @@ Dtype = Any
 _NEG_INF = -1e30  # finite "minus infinity": exp(-1e30 - max) is exactly 0.
 
 
-def rotary_table(length: int, head_dim: int, start: int | jax.Array = 0, base: float = 10_000.0):
-  """sin, cos of shape [length, head_dim // 2] for positions start..start+length-1."""
+def rotary_table(length: int, head_dim: int, base: float = 10_000.0):
+  """sin, cos of shape [length, head_dim // 2] for positions 0..length-1."""
   half = head_dim // 2
   freqs_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_Tf = jnp.einsum('t,f->tf', jnp.arange(length, dtype=jnp.float32) + start, freqs_f)
+  angles_Tf = jnp.einsum('t,f->tf', jnp.arange(length, dtype=jnp.float32), freqs_f)
   return jnp.sin(angles_Tf), jnp.cos(angles_Tf)
 
 
@@ -48,14 +48,6 @@ def rotate(x_TD: jax.Array, sin_Tf: jax.Array, cos_Tf: jax.Array) -> jax.Array:
   x = x_TD.astype(jnp.float32)
   x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
   return jnp.concatenate([x1 * cos_Tf - x2 * sin_Tf, x2 * cos_Tf + x1 * sin_Tf, rest], -1)
-
-
-def masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Softmax over the last axis in float32; masked entries get weight exactly 0."""
-  logits = logits.astype(jnp.float32)
-  if mask is not None:
-    logits = jnp.where(mask, logits, _NEG_INF)
-  return jax.nn.softmax(logits, axis=-1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -271,11 +263,10 @@ class CausalLatentAttention(_LatentSteps):
 
 
 def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,
-                     valid_BKC=None, chunk_offset: int = 0):
+                     valid_BKC=None):
   """One softmax per token over [latents of the previous chunks ; its chunk's prefix].
 
-  Head-major layouts. Chunk k = 0 (counting from `chunk_offset`) has no previous
-  summary: its latent keys are masked. Local keys get rotary positions within the
+  Head-major layouts. Chunk 0 has no previous summary: its latent keys are masked. Local keys get rotary positions within the
   chunk (rotary scores depend only on the offset between positions, so in-chunk
   positions give the same attention as absolute ones); latent keys get none.
   Returns o_BKHCd in float32.
@@ -288,7 +279,7 @@ def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd
                      preferred_element_type=jnp.float32) * scale
   s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', rotate(q_BKHCd, sin, cos), rotate(k_loc_BKHCd, sin, cos),
                      preferred_element_type=jnp.float32) * scale
-  has_past = (jnp.arange(K) + chunk_offset > 0)[None, :, None, None, None]
+  has_past = (jnp.arange(K) > 0)[None, :, None, None, None]
   s_lat = jnp.where(has_past, s_lat, _NEG_INF)
   mask_loc = jnp.tril(jnp.ones((C, C), bool))[None, None, None]
   if valid_BKC is not None:

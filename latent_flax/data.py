@@ -70,7 +70,9 @@ def stdlib_files() -> list[str]:
   return files
 
 
-def _stdlib_builder_class():
+@functools.cache
+def stdlib_builder_class():
+  """The tfds builder class, defined (and registered with tfds) once per process."""
   import tensorflow_datasets as tfds
 
   version_tag = 'cpython_' + '_'.join(map(str, sys.version_info[:3]))
@@ -104,11 +106,6 @@ def _stdlib_builder_class():
         yield rel_path, {'text': text, 'path': rel_path}
 
   return PythonStdlib
-
-
-@functools.cache
-def stdlib_builder_class():
-  return _stdlib_builder_class()
 
 
 def _tfds_data_dir(data_config) -> str | None:
@@ -241,6 +238,12 @@ class Windows:
     win = self.data[offsets].astype(np.int32)
     return {'inputs': win[:, :-1], 'targets': win[:, 1:],
             'weights': np.ones(win[:, 1:].shape, np.float32)}
+
+
+def load_windows(data_config, split: str) -> Windows:
+  """The windows of one split ('train' or 'validation') of the configured corpus."""
+  return Windows(load_split(data_config, split), data_config.seq_len,
+                 f"{split} split of {data_config.name!r}")
 
 
 class TrainIterator(Iterator[dict]):

@@ -170,14 +170,15 @@ class Parallel:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
 
-  def train_step(self, state, batch, rng):
+  def put_rng(self, rng: jax.Array) -> jax.Array:
+    """The step's random key in the step's layout (one copy per device for pmap)."""
     if self.kind == 'pmap':
-      rng = jax.random.wrap_key_data(self._replicate(jax.random.key_data(rng)))
-    state, metrics = self._train(state, self._shard(batch), rng)
-    return state, metrics
+      return jax.random.wrap_key_data(self._replicate(jax.random.key_data(rng)))
+    return rng
 
-  def params(self, state):
-    return state.params
+  def train_step(self, state, batch, rng):
+    """rng as given by put_rng."""
+    return self._train(state, self._shard(batch), rng)
 
   def eval_step(self, params, batch):
     return self._eval(params, self._shard(batch))
@@ -333,10 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.check_compatible(saved, config, workdir)
   n_proc, proc = jax.process_count(), jax.process_index()
   global_batch = config.per_device_batch_size * jax.device_count()
-  train_windows = data_lib.Windows(data_lib.load_split(config.data, 'train'), config.data.seq_len,
-                                   f"train split of {config.data.name!r}")
-  eval_windows = data_lib.Windows(data_lib.load_split(config.data, 'validation'),
-                                  config.data.seq_len, f"validation split of {config.data.name!r}")
+  train_windows = data_lib.load_windows(config.data, 'train')
+  eval_windows = data_lib.load_windows(config.data, 'validation')
   is_chief = proc == 0
   if is_chief:
     config_lib.save_config(config, workdir)
@@ -347,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr = checkpoint_manager(workdir, config)
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
+  dropout_rng = parallel.put_rng(dropout_rng)
   start_step = mngr.latest_step() or 0
   if start_step:
     state, data_state = restore(mngr, start_step, target, workdir)
@@ -416,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}",
               flush=True)
       if is_eval:
-        ev = evaluate(parallel, parallel.params(state), eval_windows, global_batch,
+        ev = evaluate(parallel, state.params, eval_windows, global_batch,
                       config.num_eval_steps)
         record.update(eval_loss=ev['loss'], eval_bits_per_byte=ev['bits_per_byte'])
         print(f"step {step:6d}  eval loss {ev['loss']:.4f}  "

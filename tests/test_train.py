@@ -19,14 +19,8 @@ def _metrics(workdir):
 
 
 def _params(workdir, config, step=None):
-  from latent_flax import model as model_lib
-  model = model_lib.build_model(config.model)
-  parallel = train_lib.Parallel('jit', model, config)
-  mngr = train_lib.checkpoint_manager(workdir, config, read_only=True)
-  target = train_lib.abstract_state(model, config, parallel.replicated)
-  state, data_state = train_lib.restore(mngr, step or mngr.latest_step(), target, workdir)
-  mngr.close()
-  return jax.tree.map(np.asarray, state.params), data_state
+  restored = eval_lib.restore_checkpoint(workdir, config, step)
+  return jax.tree.map(np.asarray, restored.state.params), restored.data_state
 
 
 def test_four_devices_are_used():
@@ -125,7 +119,7 @@ def test_workdir_with_other_shapes_is_refused_and_eval_mismatch_is_one_line(tmp_
     eval_lib.evaluate_checkpoint(workdir, config=other)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   config = tiny_config(tmp_path, num_train_steps=3)
   train_lib.train_and_evaluate(config, workdir)
@@ -138,13 +132,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     bad = jnp.where(state.step >= 5, jnp.nan, 0.0)
     return state, {**metrics, 'loss': metrics['loss'] + bad}
 
-  train_lib.train_step = poisoned
-  try:
-    config = tiny_config(tmp_path, num_train_steps=6)
-    with pytest.raises(FloatingPointError, match='last good checkpoint is step 3'):
-      train_lib.train_and_evaluate(config, workdir)
-  finally:
-    train_lib.train_step = original
+  monkeypatch.setattr(train_lib, 'train_step', poisoned)
+  config = tiny_config(tmp_path, num_train_steps=6)
+  with pytest.raises(FloatingPointError, match='last good checkpoint is step 3'):
+    train_lib.train_and_evaluate(config, workdir)
+  monkeypatch.undo()
   after, _ = _params(workdir, config)
   jax.tree.map(np.testing.assert_array_equal, after, good)
 
