@@ -50,10 +50,9 @@ def restore_checkpoint(workdir: str, config: ml_collections.ConfigDict,
   return Restored(state, data_state, int(step), parallel)
 
 
-def evaluate_checkpoint(workdir: str, step: int | None = None,
-                        config: ml_collections.ConfigDict | None = None,
-                        num_eval_steps: int | None = None) -> dict:
-  """Restores `step` (default: latest) from workdir, evaluates, writes eval_step_<S>.json."""
+def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
+                   ) -> ml_collections.ConfigDict:
+  """`config`, or the one saved in workdir, validated; one clear line if there is none."""
   if not workdir or not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir!r} does not exist; give the directory train.py wrote.")
   if config is None:
@@ -61,6 +60,14 @@ def evaluate_checkpoint(workdir: str, step: int | None = None,
     if config is None:
       raise ValueError(f"{workdir} has no config.json: it is not a latent-flax training workdir.")
   config_lib.validate_config(config)
+  return config
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None,
+                        config: ml_collections.ConfigDict | None = None,
+                        num_eval_steps: int | None = None) -> dict:
+  """Restores `step` (default: latest) from workdir, evaluates, writes eval_step_<S>.json."""
+  config = workdir_config(workdir, config)
   restored = restore_checkpoint(workdir, config, step)
   windows = data_lib.load_windows(config.data, 'validation')
   global_batch = config.per_device_batch_size * jax.device_count()

@@ -101,11 +101,12 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, deterministic: bool,
-               mask_BN: jax.Array | None = None) -> jax.Array:
+               mask_BN: jax.Array | None = None, decode: str | None = None,
+               cache_len: int | None = None) -> jax.Array:
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     x_BND = make_attention(cfg, causal=self.causal, name='attention')(
-        x_BND, mask_BN, deterministic=deterministic)
+        x_BND, mask_BN, deterministic=deterministic, decode=decode, cache_len=cache_len)
     h = nn.LayerNorm(dtype=dtype, name='ln_mlp')(x_BND)
     h = nn.Dense(cfg.mlp_dim, dtype=dtype, name='mlp_in')(h)
     h = nn.Dense(x_BND.shape[-1], dtype=dtype, name='mlp_out')(nn.gelu(h))
@@ -113,19 +114,28 @@ class Block(nn.Module):
 
 
 class LanguageModel(nn.Module):
-  """Decoder-only byte LM. apply({'params': p}, tokens_BN) -> logits_BNV, deterministic."""
+  """Decoder-only byte LM. apply({'params': p}, tokens_BN) -> logits_BNV, deterministic.
+
+  Decoding (see decode.py): `decode='prefill'` runs the parallel pass over a prompt
+  and writes each layer's state to the mutable 'cache' collection; `decode='step'`
+  takes one token [B, 1] per call and updates it. `cache_len` bounds the length
+  for full attention's KV cache; the latent state has a fixed size.
+  """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens_BN: jax.Array, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, tokens_BN: jax.Array, *, deterministic: bool = True,
+               decode: str | None = None, cache_len: int | None = None) -> jax.Array:
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
     x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
                      embedding_init=nn.initializers.normal(1.0))(tokens_BN)
-    block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+    remat = cfg.remat and decode is None
+    block = nn.remat(Block, static_argnums=(2,)) if remat else Block
     for i in range(cfg.num_layers):
-      x_BND = block(cfg, name=f'block_{i}')(x_BND, deterministic)
+      extra = () if decode is None else (None, decode, cache_len)
+      x_BND = block(cfg, name=f'block_{i}')(x_BND, deterministic, *extra)
     x_BND = nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
     logits_BNV = nn.Dense(VOCAB_SIZE, dtype=dtype, name='head')(x_BND)
     return logits_BNV.astype(jnp.float32)

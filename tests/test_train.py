@@ -5,11 +5,13 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from latent_flax import data as data_lib
-from latent_flax import eval_lib, train_lib
+from latent_flax import decode, eval_lib, train_lib
+from latent_flax import model as model_lib
 from tests.helpers import tiny_config
 
 
@@ -66,6 +68,16 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert result["step"] == 6 and result['bits_per_byte'] == pytest.approx(result['loss'] / np.log(2))
   assert os.path.exists(os.path.join(workdir, 'eval_step_6.json'))
   assert set(result['loss_by_position']) == {'0-31'}
+
+  # The checkpoint generates text: greedy continuations equal decode.generate on its params.
+  sample = decode.sample_from_checkpoint(workdir, 'alpha beta', 7, decode.Sampling(0.0),
+                                         num_samples=2)
+  model = model_lib.build_model(config.model)
+  params, _ = _params(workdir, config)
+  prompt = jnp.asarray([data_lib.encode('alpha beta')] * 2, jnp.int32)
+  expected = decode.generate(model, params, prompt, 7, jax.random.key(0), decode.Sampling(0.0))
+  np.testing.assert_array_equal(sample['tokens'], expected)
+  assert sample['step'] == 9 and len(sample['samples']) == 2 and sample['state_bytes'] > 0
 
 
 def test_loss_falls_on_a_learnable_corpus(tmp_path):

@@ -1,0 +1,148 @@
+"""Autoregressive generation: prefill a prompt in parallel, then one token per step.
+
+Per layer, causal_latent keeps a fixed-size state of O((M + C) * D) numbers (the
+running compress triple, the expand keys/values of the last finished chunk's
+refined latents, the current chunk's keys/values); full attention keeps a KV
+cache of O(cache_len * D). Each token costs O((M + C) * D + D^2) for the
+latent block, plus one O(M^2 * D + M * D^2) refine at each chunk end, versus
+O(cache_len * D + D^2) for full attention.
+
+    logits_BV, cache = prefill(model, params, prompt_BP, cache_len)
+    logits_BV, cache = decode_step(model, params, cache, token_B)
+    new_BT = generate(model, params, prompt_BP, 200, jax.random.key(0), Sampling(0.8, top_p=0.95))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from latent_flax import data as data_lib
+from latent_flax import eval_lib
+from latent_flax import model as model_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How the next token is drawn from the logits."""
+
+  temperature: float = 1.0  # 0 = greedy (argmax)
+  top_k: int = 0            # keep the k most likely tokens; 0 = all
+  top_p: float = 1.0        # keep the smallest set with probability >= top_p; 1 = all
+
+  def __post_init__(self):
+    if not self.temperature >= 0:
+      raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy).")
+    if not 0 <= self.top_k <= model_lib.VOCAB_SIZE:
+      raise ValueError(f"top_k={self.top_k} must be in [0, {model_lib.VOCAB_SIZE}] (0 = off).")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 = off).")
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
+def prefill(model: model_lib.LanguageModel, params, prompt_BP: jax.Array,
+            cache_len: int | None = None):
+  """Parallel pass over the prompt: (logits of its last position [B, V], decoding state).
+
+  The state equals what feeding the prompt one token at a time would leave.
+  `cache_len` is the longest length the state must hold (full attention only).
+  """
+  logits_BPV, variables = model.apply({'params': params}, prompt_BP, decode='prefill',
+                                      cache_len=cache_len, mutable=['cache'])
+  return logits_BPV[:, -1], variables['cache']
+
+
+@functools.partial(jax.jit, static_argnames=('model',), donate_argnames=('cache',))
+def decode_step(model: model_lib.LanguageModel, params, cache, token_B: jax.Array):
+  """Feeds one token per sequence: (logits of the next token [B, V], updated state)."""
+  logits_B1V, variables = model.apply({'params': params, 'cache': cache}, token_B[:, None],
+                                      decode='step', mutable=['cache'])
+  return logits_B1V[:, 0], variables['cache']
+
+
+def filter_logits(logits_BV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Sets to -inf every logit outside the top-k and outside the top-p nucleus."""
+  if top_k:
+    kth_B1 = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if top_p < 1.0:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    num_kept_B1 = jnp.sum(mass_before_BV < top_p, axis=-1, keepdims=True)  # >= 1
+    cutoff_B1 = jnp.take_along_axis(sorted_BV, num_kept_B1 - 1, axis=-1)
+    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  return logits_BV
+
+
+def sample_token(logits_BV: jax.Array, rng: jax.Array, sampling: Sampling) -> jax.Array:
+  """The next token per sequence, int32 [B]."""
+  if sampling.temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = filter_logits(logits_BV / sampling.temperature, sampling.top_k, sampling.top_p)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_new_tokens', 'sampling'))
+def generate(model: model_lib.LanguageModel, params, prompt_BP: jax.Array, max_new_tokens: int,
+             rng: jax.Array, sampling: Sampling = Sampling()) -> jax.Array:
+  """Samples max_new_tokens after each prompt: int32 [B, max_new_tokens].
+
+  One compiled program: the prefill, then a `lax.scan` of decode steps. Token i
+  is drawn with `fold_in(rng, i)`, so a seed gives the same text every time.
+  """
+  if prompt_BP.shape[1] < 1 or max_new_tokens < 1:
+    raise ValueError("generate needs a prompt of at least one token and max_new_tokens >= 1.")
+  logits_BV, cache = prefill(model, params, prompt_BP, prompt_BP.shape[1] + max_new_tokens)
+
+  def one_token(carry, i):
+    logits_BV, cache = carry
+    token_B = sample_token(logits_BV, jax.random.fold_in(rng, i), sampling)
+    logits_BV, cache = decode_step(model, params, cache, token_B)
+    return (logits_BV, cache), token_B
+
+  _, tokens_TB = jax.lax.scan(one_token, (logits_BV, cache), jnp.arange(max_new_tokens))
+  return tokens_TB.T
+
+
+def state_bytes(cache) -> int:
+  """Bytes held by a decoding state (all layers)."""
+  return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(cache)))
+
+
+def sample_from_checkpoint(workdir: str, prompt: str, max_new_tokens: int,
+                           sampling: Sampling = Sampling(), *, seed: int = 0, num_samples: int = 1,
+                           step: int | None = None,
+                           config: ml_collections.ConfigDict | None = None) -> dict:
+  """Continues `prompt` num_samples times from a training workdir's checkpoint.
+
+  Returns the step, the continuations (text), the decoding state's size in bytes
+  and the speed of the whole call (prefill, compilation and sampling included).
+  """
+  config = eval_lib.workdir_config(workdir, config)
+  prompt_P = data_lib.encode(prompt)
+  if prompt_P.size == 0:
+    raise ValueError("--prompt is empty; give at least one character to continue.")
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens={max_new_tokens} must be >= 1.")
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples} must be >= 1.")
+  restored = eval_lib.restore_checkpoint(workdir, config, step)
+  model = model_lib.build_model(config.model)
+  params = jax.device_get(restored.state.params)
+  prompt_BP = jnp.asarray(np.broadcast_to(prompt_P, (num_samples, prompt_P.size)), jnp.int32)
+  start = time.perf_counter()
+  new_BT = np.asarray(generate(model, params, prompt_BP, max_new_tokens, jax.random.key(seed),
+                               sampling))
+  seconds = time.perf_counter() - start
+  state = jax.eval_shape(lambda: prefill(model, params, prompt_BP, prompt_P.size + max_new_tokens))
+  return dict(step=restored.step, prompt=prompt, samples=[data_lib.decode(t) for t in new_BT],
+              tokens=new_BT, state_bytes=state_bytes(state[1]), seconds=seconds,
+              tokens_per_s=num_samples * max_new_tokens / seconds)
