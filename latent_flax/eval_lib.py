@@ -38,13 +38,7 @@ def restore_checkpoint(workdir: str, config: ml_collections.ConfigDict,
     if step not in steps:
       raise ValueError(f"--step={step} is not saved in {workdir}; saved steps: {list(steps)}.")
     target = train_lib.abstract_state(model, config, parallel.replicated)
-    try:
-      state, data_state = train_lib.restore(mngr, step, target, workdir)
-    except ValueError:  # already one clear line (shape mismatch)
-      raise
-    except Exception as e:
-      raise ValueError(f"checkpoint step {step} in {workdir} cannot be read "
-                       f"({type(e).__name__}: {str(e).splitlines()[0][:200]}).") from None
+    state, data_state = train_lib.restore(mngr, step, target, workdir)
   finally:
     mngr.close()
   return Restored(state, data_state, int(step), parallel)

@@ -154,8 +154,11 @@ class Parallel:
 
   def global_state(self, state: TrainState) -> TrainState:
     """The state as replicated global arrays, for checkpoints and evaluation outside."""
-    if self.kind == 'pmap':
-      return jax.device_put(jax.tree.map(lambda x: x[0], state), self.replicated)
+    if self.kind == 'pmap':  # one copy per local device -> one global replicated array
+      def gather(x):
+        shards = [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]
+        return jax.make_array_from_single_device_arrays(x.shape[1:], self.replicated, shards)
+      return jax.tree.map(gather, state)
     return state
 
   def _replicate(self, x):
@@ -184,10 +187,10 @@ class Parallel:
     return self._eval(params, self._shard(batch))
 
   def first(self, tree):
-    """Host values of (replicated) outputs."""
+    """Host values of replicated outputs (this process's first copy)."""
     if self.kind == 'pmap':
-      return jax.tree.map(lambda x: np.asarray(x[0]), tree)
-    return jax.tree.map(np.asarray, tree)
+      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
 
 
 # --------------------------------------------------------------------------- #
@@ -237,9 +240,17 @@ def check_checkpoint_matches(mngr: ocp.CheckpointManager, step: int, target, whe
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState, where: str):
+  """(state, data position) of `step`; ValueError with one line if it does not fit or read."""
   check_checkpoint_matches(mngr, step, target, where)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+  except Exception as e:
+    earlier = [s for s in mngr.all_steps() if s < step]
+    hint = (f"move {mngr.directory}/{step} aside to use step {earlier[-1]}" if earlier
+            else "no earlier checkpoint exists")
+    raise ValueError(f"checkpoint step {step} in {where} cannot be read "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); {hint}.") from None
   return restored['state'], restored['data']
 
 
@@ -337,6 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_windows = data_lib.load_windows(config.data, 'train')
   eval_windows = data_lib.load_windows(config.data, 'validation')
   is_chief = proc == 0
+  say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
     config_lib.save_config(config, workdir)
 
@@ -351,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step:
     state, data_state = restore(mngr, start_step, target, workdir)
     position = int(data_state['position'])
-    print(f"Resuming from checkpoint step {start_step} in {workdir} "
+    say(f"Resuming from checkpoint step {start_step} in {workdir} "
           f"(data position {position}).", flush=True)
   else:
     state = jax.jit(make_init_fn(model, config), out_shardings=parallel.replicated)(init_rng)
@@ -369,7 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                            every_secs=None, every_steps=config.log_every_steps)
   tokens_per_step = global_batch * config.data.seq_len
-  print(f"Training {config.model.attention} (M={config.model.num_latents}, "
+  say(f"Training {config.model.attention} (M={config.model.num_latents}, "
         f"H={config.model.num_heads}, {num_params:,} params) for {config.num_train_steps} steps "
         f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
         f"global batch {global_batch} x {config.data.seq_len} bytes; workdir {workdir}",
@@ -391,8 +403,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += 1
       is_log = step % config.log_every_steps == 0 or step == config.num_train_steps
       is_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
+      stopping = stop.signal is not None  # one reading: a signal arriving later is seen next step
       is_ckpt = (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
-                 or stop.signal is not None)
+                 or stopping)
       report(step, time.time())
       if not (is_log or is_eval or is_ckpt):
         continue
@@ -411,7 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record.update(train_loss=loss, learning_rate=float(host['learning_rate']),
                       grad_norm=float(host['grad_norm']), steps_per_sec=steps_per_sec,
                       tokens_per_sec=steps_per_sec * tokens_per_step)
-        print(f"step {step:6d}/{config.num_train_steps}  loss {loss:.4f}  "
+        say(f"step {step:6d}/{config.num_train_steps}  loss {loss:.4f}  "
               f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
               f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}",
               flush=True)
@@ -419,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ev = evaluate(parallel, state.params, eval_windows, global_batch,
                       config.num_eval_steps)
         record.update(eval_loss=ev['loss'], eval_bits_per_byte=ev['bits_per_byte'])
-        print(f"step {step:6d}  eval loss {ev['loss']:.4f}  "
+        say(f"step {step:6d}  eval loss {ev['loss']:.4f}  "
               f"bits/byte {ev['bits_per_byte']:.4f}", flush=True)
       writer.write_scalars(step, {k: v for k, v in record.items() if k != 'step'})
       log.write(record)
@@ -427,9 +440,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if is_ckpt:
         save(step, {'eval_loss': record['eval_loss']} if 'eval_loss' in record else None)
       last_time, last_step = time.time(), step
-      if stop.signal is not None and step < config.num_train_steps:
+      if stopping and step < config.num_train_steps:
         mngr.wait_until_finished()
-        print(f"Received {stop.signal}: saved checkpoint step {step} in "
+        say(f"Received {stop.signal}: saved checkpoint step {step} in "
               f"{mngr.directory}; rerun the same command to resume.", flush=True)
         break
   mngr.wait_until_finished()

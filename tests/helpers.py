@@ -29,3 +29,23 @@ def tiny_config(tmp_path, attention='causal_latent', **overrides):
       target = target[p]
     target[leaf] = value
   return config
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_config_module(tmp_path, attention='causal_latent', **overrides) -> str:
+  """A config file for train.py --config=... holding tiny_config(tmp_path, ...)."""
+  path = tmp_path / f'config_{attention}.py'
+  path.write_text(
+      'import pathlib\nfrom tests.helpers import tiny_config\n\n\ndef get_config():\n'
+      f'  return tiny_config(pathlib.Path({str(tmp_path)!r}), {attention!r}, '
+      f'**{overrides!r})\n')
+  tiny_config(tmp_path, attention, **overrides)  # writes the corpus once, before any process
+  return str(path)
+
+
+def subprocess_env(devices: int = 4) -> dict:
+  """Environment for a child python: repo importable, `devices` CPU devices, quiet TF."""
+  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
