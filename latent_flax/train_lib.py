@@ -132,6 +132,7 @@ class Parallel:
                                      P('local'))
     schedule = learning_rate_schedule(config)
     if kind == 'pmap':
+      self._as_pmap_output = jax.pmap(lambda tree: tree, axis_name='batch')
       self._train = jax.pmap(functools.partial(train_step, axis_name='batch', schedule=schedule),
                              axis_name='batch', donate_argnums=(0,))
       self._eval = jax.pmap(functools.partial(eval_step, apply_fn=model.apply, axis_name='batch'),
@@ -148,8 +149,10 @@ class Parallel:
   def put_state(self, state_global: TrainState) -> TrainState:
     """From a replicated global state (as initialised or restored) to the step's layout."""
     if self.kind == 'pmap':
-      return jax.tree.map(lambda x: self._replicate(np.asarray(x.addressable_data(0))),
-                          state_global)
+      # Through an identity pmap, so the first step sees the sharding its own outputs
+      # have and the step is compiled once, not twice.
+      return self._as_pmap_output(jax.tree.map(
+          lambda x: self._replicate(np.asarray(x.addressable_data(0))), state_global))
     return state_global
 
   def global_state(self, state: TrainState) -> TrainState:

@@ -29,11 +29,24 @@ OVERRIDES = dict(num_train_steps=STEPS, log_every_steps=1, checkpoint_every_step
                  eval_every_steps=5)
 
 
+_CACHE_ENV = {}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compilation_cache(tmp_path_factory):
+  _CACHE_ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  yield
+  _CACHE_ENV.clear()
+
+
 class Child:
   """A child process whose output lines can be awaited with a deadline."""
 
   def __init__(self, argv, devices=4, extra_env=None):
     env = subprocess_env(devices)
+    env.update(_CACHE_ENV)  # children share compiled programs (same programs, same results)
     env.update(extra_env or {})
     self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
