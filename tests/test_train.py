@@ -111,6 +111,12 @@ def test_pmap_and_jit_give_the_same_params(tmp_path):
     ({'model.num_heads': 3}, 'not divisible by num_heads=3'),
     ({'data.seq_len': 100_000}, 'fewer than one window'),
     ({'data.name': 'tfds:no_such_dataset_xyz'}, "no tfds dataset named"),
+    ({'data.name': 'wikipedia'}, "data.name='wikipedia' is unknown"),
+    ({'data.seq_len': 0}, 'seq_len=0 must be an integer >= 1'),
+    ({'model.num_latents': 0}, 'num_latents=0 must be an integer >= 1'),
+    ({'model.chunk_size': 0}, 'chunk_size=0 must be an integer >= 1'),
+    ({'model.attention': 'linear'}, "attention='linear' is unknown"),
+    ({'model.attention': 'latent'}, "would see tokens after t"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, message):
   config = tiny_config(tmp_path, **overrides)
