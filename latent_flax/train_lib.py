@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import os
+import resource
 import signal
 import time
 from typing import Any, Callable
@@ -305,6 +306,14 @@ class MetricsLog:
         f.write(json.dumps(record) + '\n')
 
 
+def peak_memory_mb() -> float:
+  """Peak device memory where the backend reports it (GPU/TPU), else this process's peak RSS."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**20
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
@@ -366,11 +375,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start_step:
     state, data_state = restore(mngr, start_step, target, workdir)
     position = int(data_state['position'])
+    elapsed_before = float(data_state.get('elapsed_s', 0.0))
     say(f"Resuming from checkpoint step {start_step} in {workdir} "
           f"(data position {position}).", flush=True)
   else:
     state = jax.jit(make_init_fn(model, config), out_shardings=parallel.replicated)(init_rng)
     position = 0
+    elapsed_before = 0.0
   state = parallel.put_state(state)
   num_params = model_lib.count_params(target.params)
   train_iter = data_lib.TrainIterator(train_windows, global_batch, config.seed,
@@ -393,7 +404,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def save(step: int, metrics: dict | None):
     mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(parallel.global_state(state)),
-        data=ocp.args.JsonSave(train_iter.get_state())), metrics=metrics)
+        data=ocp.args.JsonSave({**train_iter.get_state(), 'elapsed_s': elapsed()})),
+        metrics=metrics)
+
+  session_start = time.time()
+  elapsed = lambda: elapsed_before + time.time() - session_start  # training wall time, all sessions
 
   final = {}
   step = start_step
@@ -437,6 +452,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record.update(eval_loss=ev['loss'], eval_bits_per_byte=ev['bits_per_byte'])
         say(f"step {step:6d}  eval loss {ev['loss']:.4f}  "
               f"bits/byte {ev['bits_per_byte']:.4f}", flush=True)
+      record.update(elapsed_s=elapsed(), peak_memory_mb=peak_memory_mb())
       writer.write_scalars(step, {k: v for k, v in record.items() if k != 'step'})
       log.write(record)
       final = {**final, **record}
@@ -452,4 +468,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr.close()
   writer.flush()
   writer.close()
+  if is_chief and final and step >= config.num_train_steps:  # finished here: sweeps skip it
+    summary = {**final, 'num_params': num_params, 'num_train_steps': config.num_train_steps}
+    path = os.path.join(workdir, 'summary.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(summary, f, indent=2)
+    os.replace(path + '.tmp', path)
   return final

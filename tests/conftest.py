@@ -10,3 +10,17 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+from tests import helpers  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _shared_compilation_cache_for_children(tmp_path_factory):
+  """Child processes (tests/helpers.Child) reuse each other's compiled programs."""
+  helpers.CHILD_ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
+                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  yield
+  helpers.CHILD_ENV.clear()

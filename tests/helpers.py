@@ -1,6 +1,12 @@
-"""Shrinking real configs for fast tests."""
+"""Shrinking real configs for fast tests; child processes with awaitable output."""
 
 import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 
@@ -49,3 +55,53 @@ def subprocess_env(devices: int = 4) -> dict:
   """Environment for a child python: repo importable, `devices` CPU devices, quiet TF."""
   return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+CHILD_ENV = {}  # set for the session by conftest.py: a shared JAX compilation cache
+
+
+class Child:
+  """A child `python ARGV` in the repo whose output lines can be awaited with a deadline."""
+
+  def __init__(self, argv, devices=4, extra_env=None, new_session=False):
+    env = subprocess_env(devices)
+    env.update(CHILD_ENV)  # children share compiled programs (same programs, same results)
+    env.update(extra_env or {})
+    self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 start_new_session=new_session)
+    self.lines = []
+    self._queue = queue.Queue()
+    threading.Thread(target=self._pump, daemon=True).start()
+
+  def _pump(self):
+    for line in self.proc.stdout:
+      self._queue.put(line.rstrip('\n'))
+    self._queue.put(None)
+
+  def wait_for(self, pattern, timeout=240.0):
+    """The first output line matching `pattern`; fails on exit or timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+      try:
+        line = self._queue.get(timeout=max(deadline - time.time(), 0.01))
+      except queue.Empty:
+        break
+      if line is None:
+        raise AssertionError(f"exited ({self.proc.wait()}) before {pattern!r}:\n" +
+                             '\n'.join(self.lines[-20:]))
+      self.lines.append(line)
+      if re.search(pattern, line):
+        return line
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + '\n'.join(self.lines[-20:]))
+
+  def finish(self, timeout=300.0) -> int:
+    rc = self.proc.wait(timeout=timeout)
+    while (line := self._queue.get(timeout=10)) is not None:
+      self.lines.append(line)
+    return rc
+
+  def kill(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait(timeout=30)

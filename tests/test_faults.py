@@ -6,14 +6,10 @@ each is bounded in time and killed on the way out.
 
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
 
 import jax
@@ -21,70 +17,12 @@ import numpy as np
 import pytest
 
 from latent_flax import eval_lib
-from tests.helpers import REPO, subprocess_env, write_config_module
+from tests.helpers import Child, write_config_module
 
 STEPS = 10
-TIMING = ('steps_per_sec', 'tokens_per_sec')
+TIMING = ('steps_per_sec', 'tokens_per_sec', 'elapsed_s', 'peak_memory_mb')  # differ run to run
 OVERRIDES = dict(num_train_steps=STEPS, log_every_steps=1, checkpoint_every_steps=3,
                  eval_every_steps=5)
-
-
-_CACHE_ENV = {}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _compilation_cache(tmp_path_factory):
-  _CACHE_ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  yield
-  _CACHE_ENV.clear()
-
-
-class Child:
-  """A child process whose output lines can be awaited with a deadline."""
-
-  def __init__(self, argv, devices=4, extra_env=None):
-    env = subprocess_env(devices)
-    env.update(_CACHE_ENV)  # children share compiled programs (same programs, same results)
-    env.update(extra_env or {})
-    self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    self.lines = []
-    self._queue = queue.Queue()
-    threading.Thread(target=self._pump, daemon=True).start()
-
-  def _pump(self):
-    for line in self.proc.stdout:
-      self._queue.put(line.rstrip('\n'))
-    self._queue.put(None)
-
-  def wait_for(self, pattern, timeout=240.0):
-    """The first output line matching `pattern`; fails on exit or timeout."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-      try:
-        line = self._queue.get(timeout=max(deadline - time.time(), 0.01))
-      except queue.Empty:
-        break
-      if line is None:
-        raise AssertionError(f"exited ({self.proc.wait()}) before {pattern!r}:\n" +
-                             '\n'.join(self.lines[-20:]))
-      self.lines.append(line)
-      if re.search(pattern, line):
-        return line
-    raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + '\n'.join(self.lines[-20:]))
-
-  def finish(self, timeout=240.0) -> int:
-    rc = self.proc.wait(timeout=timeout)
-    while (line := self._queue.get(timeout=10)) is not None:
-      self.lines.append(line)
-    return rc
-
-  def kill(self):
-    if self.proc.poll() is None:
-      self.proc.kill()
-      self.proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -1,0 +1,237 @@
+"""Sweeps: a grid of config overrides, one training run per point, and a report.
+
+A sweep is a config module with
+    BASE = 'configs/base.py'           # the config file every point overrides
+    COMMON = {'num_train_steps': 300}  # overrides shared by every point (optional)
+    def get_sweep() -> list[dict]      # one {'model.num_latents': 16, ...} per point
+Each point trains with `python train.py --config=BASE --config.<key>=<value> ...` in
+its own sub-workdir named from its overrides, so the same lines can go to a cluster
+scheduler (`point_commands`) or run here one after another (`run_sweep`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from latent_flax import model as model_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SHORT = {'model.attention': 'attn', 'model.num_latents': 'm', 'model.num_heads': 'heads',
+          'model.chunk_size': 'chunk', 'model.emb_dim': 'dim', 'model.num_layers': 'layers'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  base: str                  # config file each point overrides (relative to the repo root)
+  common: dict[str, Any]     # overrides shared by all points
+  points: list[dict[str, Any]]
+
+
+def load_sweep(path: str) -> Sweep:
+  """Reads a sweep module; one clear line if it is not one."""
+  if not os.path.isfile(path):
+    raise ValueError(f"--sweep={path!r} does not exist; give a file like configs/sweep_quick.py.")
+  spec = importlib.util.spec_from_file_location('_sweep_module', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep') or not hasattr(module, 'BASE'):
+    raise ValueError(f"{path} is not a sweep: it needs BASE (a config file) and get_sweep().")
+  points = list(module.get_sweep())
+  if not points:
+    raise ValueError(f"{path}: get_sweep() returned no points.")
+  return Sweep(module.BASE, dict(getattr(module, 'COMMON', {})), points)
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+  """Sub-workdir name, e.g. 'attn=causal_latent,m=16,heads=2'."""
+  return ','.join(f"{_SHORT.get(k, k)}={v}" for k, v in overrides.items())
+
+
+def point_argv(sweep: Sweep, overrides: dict[str, Any], workdir: str) -> list[str]:
+  """train.py arguments (after the interpreter) for one point."""
+  merged = {**sweep.common, **overrides}
+  return (['train.py', f'--config={sweep.base}']
+          + [f'--config.{k}={v}' for k, v in merged.items()]
+          + [f'--workdir={os.path.join(workdir, point_name(overrides))}'])
+
+
+def point_commands(sweep: Sweep, workdir: str) -> list[str]:
+  return ['python ' + shlex.join(point_argv(sweep, p, workdir)) for p in sweep.points]
+
+
+def parse_command(command: str) -> tuple[dict[str, Any], str]:
+  """(overrides, workdir) of a printed command, values parsed as config_flags does."""
+  overrides, workdir = {}, None
+  for arg in shlex.split(command):
+    if arg.startswith('--config.'):
+      key, _, value = arg[len('--config.'):].partition('=')
+      overrides[key] = _literal(value)
+    elif arg.startswith('--workdir='):
+      workdir = arg[len('--workdir='):]
+  return overrides, workdir
+
+
+def _literal(text: str):
+  for cast in (int, float):
+    try:
+      return cast(text)
+    except ValueError:
+      pass
+  return {'True': True, 'False': False}.get(text, text)
+
+
+def is_done(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, 'summary.json'))
+
+
+def run_sweep(sweep: Sweep, workdir: str, *, python: str = sys.executable, env=None) -> bool:
+  """Runs every unfinished point in order (resuming interrupted ones); True when all done."""
+  os.makedirs(workdir, exist_ok=True)
+  total, started = len(sweep.points), time.time()
+  ran = 0
+  for i, overrides in enumerate(sweep.points, 1):
+    sub = os.path.join(workdir, point_name(overrides))
+    if is_done(sub):
+      print(f"[{i}/{total}] {point_name(overrides)}: done, skipped", flush=True)
+      continue
+    action = 'resuming' if os.path.isdir(os.path.join(sub, 'checkpoints')) else 'starting'
+    print(f"[{i}/{total}] {point_name(overrides)}: {action}", flush=True)
+    rc = _run_forwarding_signals([python] + point_argv(sweep, overrides, workdir), env)
+    if rc != 0 or not is_done(sub):
+      print(f"sweep stopped at point {i}/{total} ({point_name(overrides)}, exit code {rc}); "
+            "rerun the same command to resume it.", flush=True)
+      return False
+    ran += 1
+    left = sum(not is_done(os.path.join(workdir, point_name(p))) for p in sweep.points)
+    per_point = (time.time() - started) / ran
+    print(f"[{i}/{total}] done; {left} point(s) left, ETA {per_point * left / 60:.1f} min",
+          flush=True)
+  return True
+
+
+def _run_forwarding_signals(argv: list[str], env) -> int:
+  """Runs a training child; SIGINT/SIGTERM go to it (it checkpoints and exits 0)."""
+  proc = subprocess.Popen(argv, cwd=REPO, env=env)
+  forward = lambda signum, frame: proc.send_signal(signum)
+  old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    return proc.wait()
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- #
+# Report.
+# --------------------------------------------------------------------------- #
+
+COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'num_params', 'eval_bits_per_byte',
+           'tokens_per_sec', 'peak_memory_mb', 'wall_s')
+
+
+def _read_metrics(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(l) for l in f if l.strip()]
+
+
+def _num_params(config: ml_collections.ConfigDict) -> int:
+  model = model_lib.build_model(config.model)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8), 'int32'))
+  return model_lib.count_params(shapes['params'])
+
+
+def collect(workdir: str) -> list[dict]:
+  """One row per run directory under workdir that has config.json and metrics.jsonl."""
+  rows = []
+  for name in sorted(os.listdir(workdir)):
+    run = os.path.join(workdir, name)
+    if not (os.path.exists(os.path.join(run, 'config.json'))
+            and os.path.exists(os.path.join(run, 'metrics.jsonl'))):
+      continue
+    with open(os.path.join(run, 'config.json')) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    metrics = _read_metrics(os.path.join(run, 'metrics.jsonl'))
+    evals = [m for m in metrics if 'eval_bits_per_byte' in m]
+    # Speed from logged steps after the first (which includes compilation).
+    speeds = sorted(m['tokens_per_sec'] for m in metrics[1:] if 'tokens_per_sec' in m)
+    eval_files = sorted((int(f[len('eval_step_'):-len('.json')]), f) for f in os.listdir(run)
+                        if f.startswith('eval_step_') and f.endswith('.json'))
+    bpb = evals[-1]['eval_bits_per_byte'] if evals else float('nan')
+    if eval_files and evals and eval_files[-1][0] == evals[-1]['step']:
+      with open(os.path.join(run, eval_files[-1][1])) as f:  # eval.py's fuller evaluation
+        bpb = json.load(f)['bits_per_byte']
+    rows.append(dict(
+        run=name, attention=config.model.attention,
+        num_latents=config.model.num_latents if config.model.attention != 'full' else '',
+        num_heads=config.model.num_heads, num_params=_num_params(config),
+        eval_bits_per_byte=bpb,
+        tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
+        peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
+        wall_s=metrics[-1].get('elapsed_s', float('nan')),
+        done=is_done(run), step=metrics[-1]['step']))
+  return rows
+
+
+def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep') -> list[str]:
+  """report.md, report.csv, bpb_vs_m.png and tokens_per_sec_vs_m.png in out_dir."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, n) for n in
+           ('report.md', 'report.csv', 'bpb_vs_m.png', 'tokens_per_sec_vs_m.png')]
+  with open(paths[1], 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
+    w.writeheader()
+    w.writerows(rows)
+  lines = [f'# {title}', '',
+           '| attention | M | heads | params | eval bits/byte | tokens/s | peak memory (MiB) '
+           '| wall (s) |', '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    unfinished = '' if r['done'] else f" (unfinished, step {r['step']})"
+    lines.append(f"| {r['attention']}{unfinished} | {r['num_latents']} | {r['num_heads']} | "
+                 f"{r['num_params']:,} | {r['eval_bits_per_byte']:.4f} | "
+                 f"{r['tokens_per_sec']:,.0f} | {r['peak_memory_mb']:,.0f} | {r['wall_s']:.0f} |")
+  lines += ['', '![eval bits per byte vs M](bpb_vs_m.png)', '',
+            '![tokens per second vs M](tokens_per_sec_vs_m.png)', '']
+  with open(paths[0], 'w') as f:
+    f.write('\n'.join(lines))
+  _plot(rows, 'eval_bits_per_byte', 'eval bits per byte (lower is better)', paths[2], title)
+  _plot(rows, 'tokens_per_sec', 'training tokens / s', paths[3], title)
+  return paths
+
+
+def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  heads = sorted({r['num_heads'] for r in rows})
+  colors = dict(zip(heads, plt.rcParams['axes.prop_cycle'].by_key()['color']))
+  for h in heads:
+    pts = sorted((r['num_latents'], r[key]) for r in rows
+                 if r['attention'] == 'causal_latent' and r['num_heads'] == h)
+    if pts:
+      ax.plot(*zip(*pts), 'o-', color=colors[h], label=f'causal_latent, {h} heads')
+    for r in rows:
+      if r['attention'] == 'full' and r['num_heads'] == h:
+        ax.axhline(r[key], color=colors[h], ls='--', label=f'full attention, {h} heads')
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('latents per block M')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,48 @@
+"""Run a sweep of training runs here, print its commands for a cluster, or report it.
+
+    python sweep.py --sweep=configs/sweep_quick.py --workdir=runs/sweep_quick
+    python sweep.py --sweep=configs/sweep_m_heads.py --workdir=/shared/sweep --print_commands
+    python sweep.py --sweep=configs/sweep_m_heads.py --workdir=/shared/sweep --report
+"""
+
+import sys
+
+from absl import app, flags
+
+from latent_flax import sweep_lib
+
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep module (BASE, COMMON, get_sweep()).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
+_PRINT = flags.DEFINE_bool("print_commands", False,
+                           "Print one train.py command per point instead of running.")
+_REPORT = flags.DEFINE_bool("report", False, "Only write the report of what has run so far.")
+_REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where the report goes (default: workdir).")
+flags.mark_flags_as_required(["sweep", "workdir"])
+
+
+def main(argv):
+  del argv
+  try:
+    sweep = sweep_lib.load_sweep(_SWEEP.value)
+    if _PRINT.value:
+      print('\n'.join(sweep_lib.point_commands(sweep, _WORKDIR.value)))
+      return
+    finished = True
+    if not _REPORT.value:
+      finished = sweep_lib.run_sweep(sweep, _WORKDIR.value)
+    rows = sweep_lib.collect(_WORKDIR.value)
+    if not rows:
+      raise ValueError(f"{_WORKDIR.value} holds no runs yet; run the sweep first.")
+    paths = sweep_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
+                                   title=f"Sweep {_SWEEP.value}")
+  except ValueError as e:
+    print(f"sweep.py: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(open(paths[0]).read().split('\n![')[0])
+  print(f"wrote {', '.join(paths)}")
+  if not finished:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)
