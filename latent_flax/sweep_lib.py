@@ -182,7 +182,7 @@ def collect(workdir: str) -> list[dict]:
         peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
         wall_s=metrics[-1].get('elapsed_s', float('nan')),
         done=is_done(run), step=metrics[-1]['step']))
-  return rows
+  return sorted(rows, key=lambda r: (r['attention'], r['num_heads'], r['num_latents'] or 0))
 
 
 def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep') -> list[str]:

@@ -1,0 +1,175 @@
+"""Whole-train-step throughput of the LM against sequence length: tokens/s, memory, MFU.
+
+    python benchmarks/train_throughput.py [--out benchmarks/results/train_throughput]
+
+One optimizer step (forward, backward, AdamW) of the language model, batch 1, for
+causal_latent (M=64, C=128) and full attention at the same width and depth
+(default D=256, H=4, MLP 1024, 4 layers, float32), at N = 1,024 ... 65,536. Each
+point runs in its own process, so out-of-memory is recorded as such and peak
+memory is that process's peak RSS.
+
+Model FLOPs utilisation = model FLOPs per step / step time / matmul peak, where the
+matmul peak is measured in the same process (a large float32 jnp.dot) and model
+FLOPs are counted analytically: 3x the forward matmul FLOPs (forward + backward),
+causal masks counted at half, no recomputation. XLA's own count of the compiled
+step (which includes masked work) is recorded beside it. Writes <out>.json, .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+LENGTHS = [1024, 4096, 16384, 65536]
+KINDS = ['causal_latent', 'full']
+
+
+def forward_flops(kind: str, n: int, d: int, mlp: int, layers: int, m: int, c: int,
+                  vocab: int = 256) -> float:
+  """Matmul FLOPs of one forward pass over n tokens (2 per multiply-add)."""
+  per_layer = 2 * n * 2 * d * mlp  # MLP
+  if kind == 'full':
+    per_layer += 2 * n * 4 * d * d          # Q, K, V, O projections
+    per_layer += 2 * 2 * n * (n / 2) * d    # causal scores and values
+  else:
+    k = -(-n // c)
+    per_layer += 2 * n * 2 * d * d          # compress: token keys and values
+    per_layer += 2 * 2 * n * m * d          # compress: latent-token scores and values
+    per_layer += 2 * k * m * d * d          # compress: output projection of every prefix
+    per_layer += k * (2 * 4 * m * d * d + 2 * 2 * m * m * d)  # refine, every chunk
+    per_layer += 2 * n * 4 * d * d          # expand: token Q, K, V, O
+    per_layer += 2 * k * 2 * m * d * d      # expand: latent keys and values per chunk
+    per_layer += 2 * 2 * n * (m + c / 2) * d  # expand: scores and values
+  return layers * per_layer + 2 * n * d * vocab
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  dot = jax.jit(lambda a, b: a @ b)
+  _, seconds = common.time_fn(lambda: dot(a, a), repeats)
+  return 2 * size ** 3 / seconds
+
+
+def measure_one(kind: str, n: int, args) -> dict:
+  common.make_oom_killable()
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from configs import base
+  from latent_flax import model as model_lib
+  from latent_flax import train_lib
+
+  peak = matmul_peak_flops()
+  config = base.get_config()
+  config.model.update(attention=kind, num_latents=args.num_latents, chunk_size=args.chunk,
+                      emb_dim=args.width, num_heads=args.heads, mlp_dim=args.mlp,
+                      num_layers=args.layers, remat=args.remat)
+  config.data.seq_len = n
+  model = model_lib.build_model(config.model)
+  schedule = train_lib.learning_rate_schedule(config)
+  state = jax.jit(train_lib.make_init_fn(model, config))(jax.random.key(0))
+  step = jax.jit(lambda s, b, r: train_lib.train_step(s, b, r, axis_name=None, schedule=schedule),
+                 donate_argnums=(0,))
+  tokens = np.random.default_rng(0).integers(0, 256, (1, n + 1)).astype(np.int32)
+  batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+           'weights': np.ones((1, n), np.float32)}
+  rng = jax.random.key(1)
+  compiled = step.lower(state, batch, rng).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = step(holder['state'], batch, rng)
+    return metrics['loss']
+
+  first, seconds = common.time_fn(run, repeats=3)
+  model_flops = 3 * forward_flops(kind, n, args.width, args.mlp, args.layers, args.num_latents,
+                                  args.chunk)
+  return {'status': 'ok', 'kind': kind, 'n': n, 'seconds_per_step': seconds,
+          'first_call_seconds': first, 'tokens_per_sec': n / seconds,
+          'peak_rss_mb': common.peak_rss_mb(), 'model_flops_per_step': model_flops,
+          'xla_flops_per_step': float(cost.get('flops', float('nan'))),
+          'matmul_peak_flops': peak, 'mfu': model_flops / seconds / peak}
+
+
+def plot(records: list[dict], path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+  for kind in KINDS:
+    pts = [r for r in records if r['kind'] == kind and r['status'] == 'ok']
+    for ax, key, scale in zip(axes, ('tokens_per_sec', 'peak_rss_mb', 'mfu'), (1, 1 / 1024, 100)):
+      if pts:
+        ax.plot([r['n'] for r in pts], [r[key] * scale for r in pts], 'o-', label=kind)
+  for ax, ylabel in zip(axes, ('training tokens / s', 'peak process memory (GiB)',
+                               'model FLOPs utilisation (%)')):
+    ax.set_xscale('log', base=2)
+    if ylabel != 'model FLOPs utilisation (%)':
+      ax.set_yscale('log')
+    ax.set_xlabel('sequence length N (batch 1)')
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(title + ' (missing points: out of memory)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--out', default='benchmarks/results/train_throughput')
+  ap.add_argument('--lengths', default=','.join(map(str, LENGTHS)))
+  ap.add_argument('--kinds', default=','.join(KINDS))
+  ap.add_argument('--width', type=int, default=256)
+  ap.add_argument('--heads', type=int, default=4)
+  ap.add_argument('--mlp', type=int, default=1024)
+  ap.add_argument('--layers', type=int, default=4)
+  ap.add_argument('--num_latents', type=int, default=64)
+  ap.add_argument('--chunk', type=int, default=128)
+  ap.add_argument('--remat', action='store_true', help='recompute blocks in the backward pass')
+  ap.add_argument('--timeout_s', type=float, default=1200)
+  ap.add_argument('--one', nargs=2, metavar=('KIND', 'N'), help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.one:
+    print(json.dumps(measure_one(args.one[0], int(args.one[1]), args)), flush=True)
+    return
+  passthrough = ['--width', str(args.width), '--heads', str(args.heads), '--mlp', str(args.mlp),
+                 '--layers', str(args.layers), '--num_latents', str(args.num_latents),
+                 '--chunk', str(args.chunk)] + (['--remat'] if args.remat else [])
+  records = []
+  for kind in args.kinds.split(','):
+    failed = False
+    for n in map(int, args.lengths.split(',')):
+      if failed:
+        records.append({'status': 'oom (skipped: shorter N already failed)', 'kind': kind, 'n': n})
+        continue
+      rec = common.run_isolated([os.path.abspath(__file__), '--one', kind, str(n)] + passthrough,
+                                timeout_s=args.timeout_s)
+      rec.update(kind=kind, n=n)
+      failed = rec['status'] != 'ok'
+      records.append(rec)
+      shown = (f"{rec['tokens_per_sec']:9,.0f} tokens/s  {rec['seconds_per_step']:7.2f} s/step  "
+               f"peak {rec['peak_rss_mb'] / 1024:5.2f} GiB  MFU {100 * rec['mfu']:4.1f}% "
+               f"(matmul peak {rec['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)"
+               if rec['status'] == 'ok' else rec['status'])
+      print(f"{kind:14s} N={n:<6d} {shown}", flush=True)
+      common.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
+                                             'records': records})
+  title = (f"LM train step, D={args.width}, H={args.heads}, {args.layers} layers, "
+           f"M={args.num_latents}, C={args.chunk}, batch 1, CPU")
+  plot(records, args.out + '.png', title)
+  print(f"wrote {args.out}.json and {args.out}.png")
+
+
+if __name__ == '__main__':
+  main()
