@@ -17,6 +17,10 @@ in-chunk part of the causal expand step and FullAttention. Latent-token attentio
 carries no positions (the latents are a set): in the causal expand step the token
 query meets latent keys un-rotated and its chunk's keys rotated, in one softmax.
 
+Decoding: the causal blocks take `decode='prefill'` (the parallel pass, which also
+writes the state token-by-token feeding would leave) and `decode='step'` (one token),
+keeping their state in the mutable 'cache' collection; see decode.py.
+
 Scores and softmaxes are float32 whatever the compute dtype. Intermediate latents
 are sown into the 'intermediates' collection ('compressed' = S, 'refined' = R) so
 tests and analyses can read them with `mutable=['intermediates']`.
