@@ -66,15 +66,9 @@ def plot(records: list[dict], path: str) -> None:
       if r['kind'] == kind and r['num_latents'] == m and r['status'] != 'ok':
         ax_t.annotate(r['status'].upper(), (r['n'], ax_t.get_ylim()[1] if pts else 1), fontsize=7)
   for ax, ylabel in ((ax_t, 'forward+backward seconds'), (ax_m, 'peak process memory (GiB)')):
-    ax.set_xscale('log', base=2)
-    ax.set_yscale('log')
-    ax.set_xlabel('sequence length N')
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle('One attention layer, D=256, H=4, C=128, batch 1 (missing points: out of memory)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+    common.style_log_axes(ax, 'sequence length N', ylabel)
+  common.save_figure(
+      fig, 'One attention layer, D=256, H=4, C=128, batch 1 (missing points: out of memory)', path)
 
 
 def main() -> None:

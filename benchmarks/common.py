@@ -72,3 +72,20 @@ def write_json(path: str, payload: dict) -> None:
   with open(tmp, 'w') as f:
     json.dump(payload, f, indent=2)
   os.replace(tmp, path)
+
+
+def style_log_axes(ax, xlabel: str, ylabel: str, *, log_y: bool = True) -> None:
+  """Log2 x axis (lengths), optionally log y, grid and legend: every benchmark plot."""
+  ax.set_xscale('log', base=2)
+  if log_y:
+    ax.set_yscale('log')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(fontsize=8)
+
+
+def save_figure(fig, title: str, path: str) -> None:
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 import os
 import sys
 
@@ -25,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import m64  # noqa: E402
@@ -67,16 +65,14 @@ def measure(kind: str, length: int, steps: int, max_full_prefill: int) -> dict:
   cache = build_state(model, params, length, cache_len, real)
   jax.block_until_ready(cache)
   state_bytes = decode.state_bytes(cache)
-  token = jnp.zeros((1,), jnp.int32)
-  cache, token = greedy_steps(model, params, cache, token, steps)  # compile + warm up
-  jax.block_until_ready(token)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    cache, token = greedy_steps(model, params, cache, token, steps)
-    jax.block_until_ready(token)
-    times.append(time.perf_counter() - t0)
-  seconds = float(np.median(times))
+  holder = {'cache': cache, 'token': jnp.zeros((1,), jnp.int32)}
+
+  def run():  # the state carries on from run to run, as in a long generation
+    holder['cache'], holder['token'] = greedy_steps(model, params, holder['cache'],
+                                                    holder['token'], steps)
+    return holder['token']
+
+  _, seconds = common.time_fn(run, repeats)  # compile + warm-up, then the median of `repeats`
   return {'kind': kind, 'context': length, 'steps': steps, 'state': 'prefill' if real else
           'zeros', 'ms_per_token': 1e3 * seconds / steps, 'tokens_per_s': steps / seconds,
           'state_mib': state_bytes / 2**20}
@@ -92,15 +88,8 @@ def plot(records: list[dict], path: str) -> None:
     ax_t.plot([r['context'] for r in pts], [r['ms_per_token'] for r in pts], 'o-', label=kind)
     ax_m.plot([r['context'] for r in pts], [r['state_mib'] for r in pts], 'o-', label=kind)
   for ax, ylabel in ((ax_t, 'ms per generated token'), (ax_m, 'decoding state (MiB)')):
-    ax.set_xscale('log', base=2)
-    ax.set_yscale('log')
-    ax.set_xlabel('context length (tokens already seen)')
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle('Decoding, m64 model (D=128, 4 layers, M=64, C=128), batch 1, CPU')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+    common.style_log_axes(ax, 'context length (tokens already seen)', ylabel)
+  common.save_figure(fig, 'Decoding, m64 model (D=128, 4 layers, M=64, C=128), batch 1, CPU', path)
 
 
 def main() -> None:

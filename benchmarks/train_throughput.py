@@ -113,16 +113,9 @@ def plot(records: list[dict], path: str, title: str) -> None:
         ax.plot([r['n'] for r in pts], [r[key] * scale for r in pts], 'o-', label=kind)
   for ax, ylabel in zip(axes, ('training tokens / s', 'peak process memory (GiB)',
                                'model FLOPs utilisation (%)')):
-    ax.set_xscale('log', base=2)
-    if ylabel != 'model FLOPs utilisation (%)':
-      ax.set_yscale('log')
-    ax.set_xlabel('sequence length N (batch 1)')
-    ax.set_ylabel(ylabel)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(title + ' (missing points: out of memory)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+    common.style_log_axes(ax, 'sequence length N (batch 1)', ylabel,
+                          log_y=ylabel != 'model FLOPs utilisation (%)')
+  common.save_figure(fig, title + ' (missing points: out of memory)', path)
 
 
 def main() -> None:
