@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint from a training workdir on the validation split.
+"""Evaluate a checkpoint from a training workdir (validation split, or --split=test).
 
     python eval.py --workdir=/tmp/lf_m64 [--step=600] [--num_eval_steps=0]
     python eval.py --workdir=/tmp/lf_m64 --config=configs/m64.py --config.data.name=text_files ...
@@ -15,6 +15,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional config (default: the workdir's config.json).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"],
+                           "Split to evaluate (test: the data sets that have one).")
 _NUM_EVAL_STEPS = flags.DEFINE_integer(
     "num_eval_steps", None, "Validation batches (0 = whole split; default: the config's).")
 flags.mark_flag_as_required("workdir")
@@ -25,14 +27,20 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, _CONFIG.value,
-                                     _NUM_EVAL_STEPS.value)
+                                     _NUM_EVAL_STEPS.value, _SPLIT.value)
   except ValueError as e:
     print(f"eval.py: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"step {r['step']}  loss {r['loss']:.4f} nats/byte  bits/byte {r['bits_per_byte']:.4f}  "
-        f"over {r['tokens']:,} bytes of {r['dataset']}")
-  for bucket, loss in r['loss_by_position'].items():
-    print(f"  positions {bucket:>12s}: {loss / 0.6931471805599453:.4f} bits/byte")
+  if r['dataset'] in ('mqar', 'listops'):
+    what = 'answers' if r['dataset'] == 'mqar' else 'examples'
+    label = 'recall accuracy' if r['dataset'] == 'mqar' else 'accuracy'
+    print(f"step {r['step']}  loss {r['loss']:.4f}  {label} {r['accuracy']:.4f}  over "
+          f"{r['tokens']:,} {what} of the {r['split']} split of {r['dataset']}")
+  else:
+    print(f"step {r['step']}  loss {r['loss']:.4f} nats/byte  bits/byte "
+          f"{r['bits_per_byte']:.4f}  over {r['tokens']:,} bytes of {r['dataset']}")
+    for bucket, loss in r['loss_by_position'].items():
+      print(f"  positions {bucket:>12s}: {loss / 0.6931471805599453:.4f} bits/byte")
   print(f"wrote {r['path']}")
 
 

@@ -30,11 +30,11 @@ def main(argv):
     finished = True
     if not _REPORT.value:
       finished = sweep_lib.run_sweep(sweep, _WORKDIR.value)
-    rows = sweep_lib.collect(_WORKDIR.value)
+    rows = sweep_lib.collect(_WORKDIR.value, sweep.report['lines'])
     if not rows:
       raise ValueError(f"{_WORKDIR.value} holds no runs yet; run the sweep first.")
     paths = sweep_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
-                                   title=f"Sweep {_SWEEP.value}")
+                                   title=f"Sweep {_SWEEP.value}", report=sweep.report)
   except ValueError as e:
     print(f"sweep.py: {e}", file=sys.stderr)
     sys.exit(2)

@@ -25,10 +25,10 @@ def _is_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool)
 
 
-def validate_config(config: ml_collections.ConfigDict, *, task: str = 'lm') -> None:
+def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one line naming the bad field and what is allowed."""
-  model_lib.validate_model_config(config.model, task=task)
   data_lib.validate_data_config(config.data)
+  model_lib.validate_model_config(config.model, task=data_lib.task_of(config.data))
   for name in ('num_train_steps', 'per_device_batch_size', 'log_every_steps',
                'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     value = config[name]
@@ -45,6 +45,16 @@ def validate_config(config: ml_collections.ConfigDict, *, task: str = 'lm') -> N
         f"config.grad_clip_norm={config.grad_clip_norm!r} must be >= 0 (0 = no clipping).")
   _need(config.parallelism in PARALLELISM,
         f"config.parallelism={config.parallelism!r} is unknown; use one of {list(PARALLELISM)}.")
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The Module the data set's task needs: LanguageModel, or Classifier for listops."""
+  task = data_lib.task_of(config.data)
+  num_classes = None
+  if task == 'classify':
+    from latent_flax import listops
+    num_classes = listops.NUM_CLASSES
+  return model_lib.build_model(config.model, task=task, num_classes=num_classes)
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:

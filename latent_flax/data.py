@@ -12,6 +12,14 @@ Corpora, chosen by `config.data.name`:
   'tfds:NAME'   any tfds catalog text dataset already in `config.data.data_dir`,
                 text taken from feature `config.data.text_key`.
 
+Task data sets (fixed examples, not windows of a corpus; see configs/mqar.py and
+configs/listops_m64.py):
+  'mqar'        multi-query associative recall (mqar.py), loss only at answers.
+  'listops'     ListOps classification (listops.py), a local tfds builder; each
+                example is padded to seq_len and carries a padding `mask`.
+Both give batches with the same keys as the windows (plus `mask` for listops),
+so the trainer and eval.py need nothing else.
+
 Training order: global sample s of the stream is window perm_e[s mod W] with
 e = s // W and perm_e a permutation seeded by (seed, e). Batch b holds samples
 b*G .. b*G+G-1 (G the global batch); process p materialises only its rows. So the
@@ -186,17 +194,49 @@ def _load_catalog(data_config, split: str) -> np.ndarray:
   return join_documents(_docs_from_tfds(tfds.as_numpy(ds), key))
 
 
-DATASETS = ('stdlib', 'text_files', 'tfds:<name>')
+DATASETS = ('stdlib', 'text_files', 'tfds:<name>', 'mqar', 'listops')
+# Fields each task data set needs in config.data (configs/mqar.py, configs/listops_*.py).
+TASK_FIELDS = {'mqar': ('vocab_size', 'num_kv_pairs', 'num_train_examples',
+                        'num_test_examples', 'seed'),
+               'listops': ('num_train_examples', 'num_validation_examples',
+                           'num_test_examples', 'min_length', 'max_length', 'seed')}
+
+
+def task_of(data_config) -> str:
+  """'classify' (one label per example) for listops, else 'lm' (a target per position)."""
+  return 'classify' if data_config.name == 'listops' else 'lm'
 
 
 def validate_data_config(data_config) -> None:
   name = data_config.name
-  if not (name in ('stdlib', 'text_files') or (isinstance(name, str) and name.startswith('tfds:')
-                                                and len(name) > 5)):
+  if not (name in ('stdlib', 'text_files', 'mqar', 'listops')
+          or (isinstance(name, str) and name.startswith('tfds:') and len(name) > 5)):
     raise ValueError(f"config.data.name={name!r} is unknown; use one of {list(DATASETS)}.")
   seq_len = data_config.seq_len
   if not isinstance(seq_len, int) or seq_len < 1:
     raise ValueError(f"config.data.seq_len={seq_len!r} must be an integer >= 1.")
+  for field in TASK_FIELDS.get(name, ()):
+    value = data_config.get(field)
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if field == 'seed'
+                                                                         else 1):
+      raise ValueError(f"config.data.{field}={value!r} must be an integer >= "
+                       f"{0 if field == 'seed' else 1} for data set {name!r} "
+                       f"(see configs/{'mqar' if name == 'mqar' else 'listops_m64'}.py).")
+  if name == 'mqar':
+    from latent_flax import mqar
+    mqar.check_params(data_config.vocab_size, seq_len, data_config.num_kv_pairs)
+    for pairs in mqar.parse_mix(data_config.get('train_pairs_mix') or '',
+                                data_config.num_kv_pairs):
+      mqar.check_params(data_config.vocab_size, seq_len, pairs)
+    if data_config.vocab_size > 256:
+      raise ValueError(f"config.data.vocab_size={data_config.vocab_size} exceeds the model's "
+                       "256-token vocabulary; use vocab_size <= 256.")
+  if name == 'listops':
+    from latent_flax import listops
+    listops.check_params(data_config.min_length, data_config.max_length, seq_len)
+
+
+SPLITS = ('train', 'validation', 'test')
 
 
 @functools.lru_cache(maxsize=8)
@@ -240,8 +280,46 @@ class Windows:
             'weights': np.ones(win[:, 1:].shape, np.float32)}
 
 
-def load_windows(data_config, split: str) -> Windows:
-  """The windows of one split ('train' or 'validation') of the configured corpus."""
+class Examples:
+  """Fixed examples of equal length: the same interface as Windows (`num_windows`, `get`)."""
+
+  def __init__(self, arrays: dict[str, np.ndarray]):
+    self.arrays = arrays
+    self.num_windows = len(arrays['inputs'])
+    self.seq_len = arrays['inputs'].shape[1]
+
+  def get(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    ids = np.asarray(ids, np.int64)
+    return {k: v[ids] for k, v in self.arrays.items()}
+
+
+def _load_task(data_config, split: str) -> Examples:
+  if data_config.name == 'mqar':
+    from latent_flax import mqar
+    if split != 'train':  # MQAR has a train and a test set; the test set has num_kv_pairs
+      return Examples(mqar.generate(data_config.num_test_examples, data_config.seq_len,
+                                    data_config.num_kv_pairs, data_config.vocab_size,
+                                    data_config.seed, 'test'))
+    mix = mqar.parse_mix(data_config.get('train_pairs_mix') or '', data_config.num_kv_pairs)
+    count = data_config.num_train_examples
+    parts = [mqar.generate(count // len(mix) + (i < count % len(mix)), data_config.seq_len, p,
+                           data_config.vocab_size, data_config.seed, 'train')
+             for i, p in enumerate(mix)]
+    return Examples({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+  from latent_flax import listops
+  return Examples(listops.load(data_config, split))
+
+
+def load_windows(data_config, split: str) -> Windows | Examples:
+  """The batches source of one split ('train', 'validation' or 'test') of the data set."""
+  validate_data_config(data_config)
+  if split not in SPLITS:
+    raise ValueError(f"split {split!r} is unknown; use one of {list(SPLITS)}.")
+  if data_config.name in TASK_FIELDS:
+    return _load_task(data_config, split)
+  if split == 'test':
+    raise ValueError(f"data set {data_config.name!r} has train and validation splits only; "
+                     "evaluate on 'validation'.")
   return Windows(load_split(data_config, split), data_config.seq_len,
                  f"{split} split of {data_config.name!r}")
 
@@ -249,7 +327,7 @@ def load_windows(data_config, split: str) -> Windows:
 class TrainIterator(Iterator[dict]):
   """Endless shuffled batches; `position` (batches consumed) is the whole state."""
 
-  def __init__(self, windows: Windows, global_batch: int, seed: int, *,
+  def __init__(self, windows: Windows | Examples, global_batch: int, seed: int, *,
                process_index: int = 0, process_count: int = 1, position: int = 0):
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} does not split over {process_count} processes.")
@@ -287,7 +365,7 @@ class TrainIterator(Iterator[dict]):
     self.position = int(state['position'])
 
 
-def eval_batches(windows: Windows, global_batch: int, num_batches: int | None, *,
+def eval_batches(windows: Windows | Examples, global_batch: int, num_batches: int | None, *,
                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Validation windows in order; the last batch is padded with zero-weight rows.
 
@@ -302,5 +380,6 @@ def eval_batches(windows: Windows, global_batch: int, num_batches: int | None, *
                     b * global_batch + (process_index + 1) * local)
     real = ids < windows.num_windows
     batch = windows.get(np.where(real, ids, 0))
-    batch['weights'] = batch['weights'] * real[:, None]
+    w = batch['weights']
+    batch['weights'] = w * real.reshape(real.shape + (1,) * (w.ndim - 1))
     yield batch

@@ -1,4 +1,4 @@
-"""Evaluate a saved checkpoint on the validation split; report bits per byte by position."""
+"""Evaluate a saved checkpoint: loss and accuracy, and for corpora bits per byte by position."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import ml_collections
 
 from latent_flax import config_lib
 from latent_flax import data as data_lib
-from latent_flax import model as model_lib
 from latent_flax import train_lib
 
 
@@ -27,7 +26,7 @@ def restore_checkpoint(workdir: str, config: ml_collections.ConfigDict,
   """Restores `step` (default: latest) of workdir for `config`; one clear line on failure."""
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise ValueError(f"{workdir} holds no checkpoints; train first or point at another workdir.")
-  model = model_lib.build_model(config.model)
+  model = config_lib.build_model(config)
   parallel = train_lib.Parallel('jit', model, config)
   mngr = train_lib.checkpoint_manager(workdir, config, read_only=True)
   try:
@@ -59,17 +58,24 @@ def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
 
 def evaluate_checkpoint(workdir: str, step: int | None = None,
                         config: ml_collections.ConfigDict | None = None,
-                        num_eval_steps: int | None = None) -> dict:
-  """Restores `step` (default: latest) from workdir, evaluates, writes eval_step_<S>.json."""
+                        num_eval_steps: int | None = None, split: str = 'validation') -> dict:
+  """Restores `step` (default: latest) from workdir, evaluates `split`, writes its JSON.
+
+  The JSON is workdir/eval_step_<S>.json for the validation split and
+  eval_<split>_step_<S>.json for another. MQAR results also carry `recall_accuracy`.
+  """
   config = workdir_config(workdir, config)
+  windows = data_lib.load_windows(config.data, split)  # a bad split fails before restoring
   restored = restore_checkpoint(workdir, config, step)
-  windows = data_lib.load_windows(config.data, 'validation')
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
   result = train_lib.evaluate(restored.parallel, restored.state.params, windows, global_batch, n)
-  result = {'step': restored.step, 'dataset': config.data.name, **result}
+  result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
+  if config.data.name == 'mqar':
+    result['recall_accuracy'] = result['accuracy']
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f'eval_step_{restored.step}.json')
+    name = 'eval' if split == 'validation' else f'eval_{split}'
+    path = os.path.join(workdir, f'{name}_step_{restored.step}.json')
     with open(path + '.tmp', 'w') as f:
       json.dump(result, f, indent=2)
     os.replace(path + '.tmp', path)

@@ -1,7 +1,9 @@
-"""Byte-level decoder-only language model built from interchangeable attention blocks.
+"""Byte-level language model and sequence classifier from interchangeable attention blocks.
 
-tokens_BN (int32 bytes, vocab 256) -> embedding -> num_layers x [attention, MLP]
--> final LayerNorm -> logits_BNV (float32). The attention kind comes from
+LanguageModel: tokens_BN (int32 bytes, vocab 256) -> embedding -> num_layers x
+[attention, MLP] -> final LayerNorm -> logits_BNV (float32).
+Classifier: the same stack with bidirectional attention over a padding mask, then
+a masked mean over real tokens -> logits_BK over K classes. The attention kind comes from
 `config.attention` in {'latent', 'causal_latent', 'full'}; see attention.py for
 the cost of each. Parameters are float32; `dtype` sets the compute dtype.
 """
@@ -78,6 +80,10 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
     need(cfg.attention != 'latent',
          "config.model.attention='latent' cannot do language modelling: its latents read the "
          "whole sequence, so position t would see tokens after t; use 'causal_latent' or 'full'.")
+  else:
+    need(cfg.attention != 'causal_latent',
+         "config.model.attention='causal_latent' is for language modelling; classification "
+         "reads the whole sequence: use 'latent' (bidirectional) or 'full'.")
   return cfg
 
 
@@ -141,9 +147,43 @@ class LanguageModel(nn.Module):
     return logits_BNV.astype(jnp.float32)
 
 
-def build_model(model_config: ml_collections.ConfigDict | ModelConfig) -> LanguageModel:
-  """Validates the model config for language modelling and returns the Module."""
-  return LanguageModel(validate_model_config(model_config, task='lm'))
+class Classifier(nn.Module):
+  """Sequence classifier. apply({'params': p}, tokens_BN, mask_BN) -> logits_BK.
+
+  Attention is bidirectional ('latent' or 'full' with causal=False). `mask_BN`
+  (True = real token; default: every token) keeps padded tokens out of every
+  attention as keys and out of the pooled mean, so what padding holds cannot
+  change the logits.
+  """
+
+  cfg: ModelConfig
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, tokens_BN: jax.Array, mask_BN: jax.Array | None = None, *,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.cfg
+    dtype = DTYPES[cfg.dtype]
+    mask_BN = jnp.ones(tokens_BN.shape, bool) if mask_BN is None else mask_BN.astype(bool)
+    x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
+                     embedding_init=nn.initializers.normal(1.0))(tokens_BN)
+    block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+    for i in range(cfg.num_layers):
+      x_BND = block(cfg, causal=False, name=f'block_{i}')(x_BND, deterministic, mask_BN)
+    x_BND = nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
+    w_BN1 = mask_BN[..., None].astype(jnp.float32)
+    pooled_BD = jnp.sum(x_BND.astype(jnp.float32) * w_BN1, axis=1) / jnp.maximum(
+        jnp.sum(w_BN1, axis=1), 1.0)
+    return nn.Dense(self.num_classes, name='head')(pooled_BD)
+
+
+def build_model(model_config: ml_collections.ConfigDict | ModelConfig, *, task: str = 'lm',
+                num_classes: int | None = None) -> nn.Module:
+  """Validates the model config for `task` ('lm' or 'classify') and returns the Module."""
+  cfg = validate_model_config(model_config, task=task)
+  if task == 'classify':
+    return Classifier(cfg, num_classes)
+  return LanguageModel(cfg)
 
 
 def count_params(params: Any) -> int:

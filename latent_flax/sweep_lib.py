@@ -4,6 +4,7 @@ A sweep is a config module with
     BASE = 'configs/base.py'           # the config file every point overrides
     COMMON = {'num_train_steps': 300}  # overrides shared by every point (optional)
     def get_sweep() -> list[dict]      # one {'model.num_latents': 16, ...} per point
+    REPORT = {'metric': 'eval_accuracy', 'lines': 'data.num_kv_pairs'}  # optional
 Each point trains with `python train.py --config=BASE --config.<key>=<value> ...` in
 its own sub-workdir named from its overrides, so the same lines can go to a cluster
 scheduler (`point_commands`) or run here one after another (`run_sweep`).
@@ -26,11 +27,17 @@ from typing import Any
 import jax
 import ml_collections
 
+from latent_flax import config_lib
 from latent_flax import model as model_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHORT = {'model.attention': 'attn', 'model.num_latents': 'm', 'model.num_heads': 'heads',
-          'model.chunk_size': 'chunk', 'model.emb_dim': 'dim', 'model.num_layers': 'layers'}
+          'model.chunk_size': 'chunk', 'model.emb_dim': 'dim', 'model.num_layers': 'layers',
+          'data.num_kv_pairs': 'pairs', 'data.seq_len': 'len'}
+# What a report plots against M, one line per value of `lines` (REPORT in a sweep module).
+METRICS = {'eval_bits_per_byte': 'eval bits per byte (lower is better)',
+           'eval_accuracy': 'eval accuracy (higher is better)'}
+DEFAULT_REPORT = {'metric': 'eval_bits_per_byte', 'lines': 'model.num_heads'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Sweep:
   base: str                  # config file each point overrides (relative to the repo root)
   common: dict[str, Any]     # overrides shared by all points
   points: list[dict[str, Any]]
+  report: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_REPORT))
 
 
 def load_sweep(path: str) -> Sweep:
@@ -52,7 +60,11 @@ def load_sweep(path: str) -> Sweep:
   points = list(module.get_sweep())
   if not points:
     raise ValueError(f"{path}: get_sweep() returned no points.")
-  return Sweep(module.BASE, dict(getattr(module, 'COMMON', {})), points)
+  report = {**DEFAULT_REPORT, **getattr(module, 'REPORT', {})}
+  if report['metric'] not in METRICS:
+    raise ValueError(f"{path}: REPORT['metric']={report['metric']!r} is unknown; use one of "
+                     f"{list(METRICS)}.")
+  return Sweep(module.BASE, dict(getattr(module, 'COMMON', {})), points, report)
 
 
 def point_name(overrides: dict[str, Any]) -> str:
@@ -138,8 +150,8 @@ def _run_forwarding_signals(argv: list[str], env) -> int:
 # Report.
 # --------------------------------------------------------------------------- #
 
-COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'num_params', 'eval_bits_per_byte',
-           'tokens_per_sec', 'peak_memory_mb', 'wall_s')
+COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'chunk_size', 'line', 'num_params',
+           'eval_bits_per_byte', 'eval_accuracy', 'tokens_per_sec', 'peak_memory_mb', 'wall_s')
 
 
 def _read_metrics(path: str) -> list[dict]:
@@ -148,13 +160,24 @@ def _read_metrics(path: str) -> list[dict]:
 
 
 def _num_params(config: ml_collections.ConfigDict) -> int:
-  model = model_lib.build_model(config.model)
+  model = config_lib.build_model(config)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8), 'int32'))
   return model_lib.count_params(shapes['params'])
 
 
-def collect(workdir: str) -> list[dict]:
-  """One row per run directory under workdir that has config.json and metrics.jsonl."""
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    value = value.get(part) if hasattr(value, 'get') else None
+  return value
+
+
+def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
+  """One row per run directory under workdir that has config.json and metrics.jsonl.
+
+  `line` in each row is the run's value of the config field `lines` (e.g.
+  'model.num_heads'): the report draws one line per value.
+  """
   rows = []
   for name in sorted(os.listdir(workdir)):
     run = os.path.join(workdir, name)
@@ -164,74 +187,100 @@ def collect(workdir: str) -> list[dict]:
     with open(os.path.join(run, 'config.json')) as f:
       config = ml_collections.ConfigDict(json.load(f))
     metrics = _read_metrics(os.path.join(run, 'metrics.jsonl'))
-    evals = [m for m in metrics if 'eval_bits_per_byte' in m]
+    evals = [m for m in metrics if 'eval_loss' in m]
     # Speed from logged steps after the first (which includes compilation).
     speeds = sorted(m['tokens_per_sec'] for m in metrics[1:] if 'tokens_per_sec' in m)
     eval_files = sorted((int(f[len('eval_step_'):-len('.json')]), f) for f in os.listdir(run)
                         if f.startswith('eval_step_') and f.endswith('.json'))
-    bpb = evals[-1]['eval_bits_per_byte'] if evals else float('nan')
-    if eval_files and evals and eval_files[-1][0] == evals[-1]['step']:
+    last = evals[-1] if evals else {}
+    bpb = last.get('eval_bits_per_byte', float('nan'))
+    accuracy = last.get('eval_accuracy', float('nan'))
+    if eval_files and evals and eval_files[-1][0] == last['step']:
       with open(os.path.join(run, eval_files[-1][1])) as f:  # eval.py's fuller evaluation
-        bpb = json.load(f)['bits_per_byte']
+        full = json.load(f)
+      bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
+    latent = config.model.attention != 'full'
     rows.append(dict(
         run=name, attention=config.model.attention,
-        num_latents=config.model.num_latents if config.model.attention != 'full' else '',
-        num_heads=config.model.num_heads, num_params=_num_params(config),
-        eval_bits_per_byte=bpb,
+        num_latents=config.model.num_latents if latent else '',
+        num_heads=config.model.num_heads,
+        chunk_size=config.model.chunk_size if config.model.attention == 'causal_latent' else '',
+        line=_lookup(config, lines), num_params=_num_params(config),
+        eval_bits_per_byte=bpb, eval_accuracy=accuracy,
         tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
         peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
         wall_s=metrics[-1].get('elapsed_s', float('nan')),
         done=is_done(run), step=metrics[-1]['step']))
-  return sorted(rows, key=lambda r: (r['attention'], r['num_heads'], r['num_latents'] or 0))
+  return sorted(rows, key=lambda r: (r['attention'], str(r['line']), r['num_latents'] or 0,
+                                     r['chunk_size'] or 0, r['num_heads']))
 
 
-def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep') -> list[str]:
-  """report.md, report.csv, bpb_vs_m.png and tokens_per_sec_vs_m.png in out_dir."""
+def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
+                 report: dict | None = None) -> list[str]:
+  """report.md, report.csv, <metric>_vs_m.png and tokens_per_sec_vs_m.png in out_dir."""
+  report = {**DEFAULT_REPORT, **(report or {})}
+  metric, lines_key = report['metric'], report['lines']
+  line_name = lines_key.split('.')[-1]
   os.makedirs(out_dir, exist_ok=True)
+  short = 'bpb' if metric == 'eval_bits_per_byte' else metric.replace('eval_', '')
   paths = [os.path.join(out_dir, n) for n in
-           ('report.md', 'report.csv', 'bpb_vs_m.png', 'tokens_per_sec_vs_m.png')]
+           ('report.md', 'report.csv', f'{short}_vs_m.png', 'tokens_per_sec_vs_m.png')]
   with open(paths[1], 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     w.writeheader()
     w.writerows(rows)
-  lines = [f'# {title}', '',
-           '| attention | M | heads | params | eval bits/byte | tokens/s | peak memory (MiB) '
-           '| wall (s) |', '|---|---|---|---|---|---|---|---|']
+  extra = lines_key not in ('model.num_heads',)
+  head = ['attention', 'M', 'heads', 'chunk'] + ([line_name] if extra else []) + [
+      'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
+      'tokens/s', 'peak memory (MiB)', 'wall (s)']
+  lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     unfinished = '' if r['done'] else f" (unfinished, step {r['step']})"
-    lines.append(f"| {r['attention']}{unfinished} | {r['num_latents']} | {r['num_heads']} | "
-                 f"{r['num_params']:,} | {r['eval_bits_per_byte']:.4f} | "
-                 f"{r['tokens_per_sec']:,.0f} | {r['peak_memory_mb']:,.0f} | {r['wall_s']:.0f} |")
-  lines += ['', '![eval bits per byte vs M](bpb_vs_m.png)', '',
+    cells = [f"{r['attention']}{unfinished}", r['num_latents'], r['num_heads'], r['chunk_size']]
+    cells += [r['line']] if extra else []
+    cells += [f"{r['num_params']:,}", f"{r[metric]:.4f}", f"{r['tokens_per_sec']:,.0f}",
+              f"{r['peak_memory_mb']:,.0f}", f"{r['wall_s']:.0f}"]
+    lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+  lines += ['', f'![{METRICS[metric]} vs M]({os.path.basename(paths[2])})', '',
             '![tokens per second vs M](tokens_per_sec_vs_m.png)', '']
   with open(paths[0], 'w') as f:
     f.write('\n'.join(lines))
-  _plot(rows, 'eval_bits_per_byte', 'eval bits per byte (lower is better)', paths[2], title)
-  _plot(rows, 'tokens_per_sec', 'training tokens / s', paths[3], title)
+  _plot(rows, metric, METRICS[metric], paths[2], title, line_name)
+  _plot(rows, 'tokens_per_sec', 'training tokens / s', paths[3], title, line_name)
   return paths
 
 
-def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str) -> None:
+def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str,
+          line_name: str) -> None:
+  """key vs M for causal_latent/latent, one line per `line` value; full as dashed levels.
+
+  Runs that differ from the most common chunk size are left out of the lines (a
+  chunk-size probe is read from the table).
+  """
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  heads = sorted({r['num_heads'] for r in rows})
-  colors = dict(zip(heads, plt.rcParams['axes.prop_cycle'].by_key()['color']))
-  for h in heads:
-    pts = sorted((r['num_latents'], r[key]) for r in rows
-                 if r['attention'] == 'causal_latent' and r['num_heads'] == h)
+  latent = [r for r in rows if r['attention'] != 'full']
+  chunks = [r['chunk_size'] for r in latent]
+  main_chunk = max(set(chunks), key=chunks.count) if chunks else ''
+  groups = sorted({r['line'] for r in rows}, key=lambda v: (str(type(v)), v))
+  colors = dict(zip(groups, plt.rcParams['axes.prop_cycle'].by_key()['color'] * 4))
+  for g in groups:
+    pts = sorted((r['num_latents'], r[key]) for r in latent
+                 if r['line'] == g and r['chunk_size'] == main_chunk)
     if pts:
-      ax.plot(*zip(*pts), 'o-', color=colors[h], label=f'causal_latent, {h} heads')
+      kind = latent[0]['attention']
+      ax.plot(*zip(*pts), 'o-', color=colors[g], label=f'{kind}, {line_name}={g}')
     for r in rows:
-      if r['attention'] == 'full' and r['num_heads'] == h:
-        ax.axhline(r[key], color=colors[h], ls='--', label=f'full attention, {h} heads')
+      if r['attention'] == 'full' and r['line'] == g:
+        ax.axhline(r[key], color=colors[g], ls='--', label=f'full attention, {line_name}={g}')
   ax.set_xscale('log', base=2)
-  ax.set_xlabel('latents per block M')
+  ax.set_xlabel('latents per block M' + (f' (chunk size {main_chunk})' if main_chunk else ''))
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
   ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

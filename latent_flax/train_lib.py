@@ -76,9 +76,17 @@ def make_init_fn(model, config) -> Callable[[jax.Array], TrainState]:
   return init
 
 
-def _weighted_ce(logits_BNV, batch):
-  ce_BN = optax.softmax_cross_entropy_with_integer_labels(logits_BNV, batch['targets'])
-  return ce_BN * batch['weights']
+def _forward(apply_fn, params, batch: dict, **kwargs):
+  """Logits of a batch: [B, N, V] per position (LM) or [B, K] per example (classifier)."""
+  extra = (batch['mask'],) if 'mask' in batch else ()
+  return apply_fn({'params': params}, batch['inputs'], *extra, **kwargs)
+
+
+def _weighted_ce(logits, batch):
+  """Cross-entropy and correct predictions, both times the weights ([B, N] or [B])."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
+  correct = (jnp.argmax(logits, axis=-1) == batch['targets']).astype(jnp.float32)
+  return ce * batch['weights'], correct * batch['weights']
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, axis_name: str | None,
@@ -92,24 +100,25 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, axis_name: str
   weight_sum = jnp.maximum(weight_sum, 1.0)
 
   def loss_fn(params):
-    logits = state.apply_fn({'params': params}, batch['inputs'], deterministic=False,
-                            rngs={'dropout': rng})
-    return jnp.sum(_weighted_ce(logits, batch)) / weight_sum
+    logits = _forward(state.apply_fn, params, batch, deterministic=False, rngs={'dropout': rng})
+    ce, correct = _weighted_ce(logits, batch)
+    return jnp.sum(ce) / weight_sum, jnp.sum(correct) / weight_sum
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   if axis_name:
-    loss, grads = jax.lax.psum((loss, grads), axis_name)
-  metrics = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    loss, accuracy, grads = jax.lax.psum((loss, accuracy, grads), axis_name)
+  metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
              'learning_rate': schedule(state.step)}
   return state.apply_gradients(grads=grads), metrics
 
 
 def eval_step(params, batch: dict, *, apply_fn, axis_name: str | None):
-  """Sums of loss and weight, in total and per position (for the by-position report)."""
-  logits = apply_fn({'params': params}, batch['inputs'])
-  ce_BN = _weighted_ce(logits, batch)
-  sums = {'loss_sum': jnp.sum(ce_BN), 'weight_sum': jnp.sum(batch['weights']),
-          'loss_by_pos': jnp.sum(ce_BN, axis=0), 'weight_by_pos': jnp.sum(batch['weights'], 0)}
+  """Sums of loss, correct predictions and weight, in total and (LM) per position."""
+  ce, correct = _weighted_ce(_forward(apply_fn, params, batch), batch)
+  sums = {'loss_sum': jnp.sum(ce), 'correct_sum': jnp.sum(correct),
+          'weight_sum': jnp.sum(batch['weights'])}
+  if ce.ndim == 2:  # a target per position
+    sums.update(loss_by_pos=jnp.sum(ce, axis=0), weight_by_pos=jnp.sum(batch['weights'], 0))
   if axis_name:
     sums = jax.lax.psum(sums, axis_name)
   return sums
@@ -262,15 +271,21 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState, where: s
 # Evaluation.
 # --------------------------------------------------------------------------- #
 
-def evaluate(parallel: Parallel, params, windows: data_lib.Windows, global_batch: int,
-             num_batches: int | None) -> dict:
+def evaluate(parallel: Parallel, params, windows: data_lib.Windows | data_lib.Examples,
+             global_batch: int, num_batches: int | None) -> dict:
+  """Loss and accuracy over the weighted targets; for LM also bits/byte, by position."""
   totals = None
   for batch in data_lib.eval_batches(windows, global_batch, num_batches,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count()):
     sums = parallel.first(parallel.eval_step(params, batch))
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-  loss = float(totals['loss_sum'] / max(totals['weight_sum'], 1.0))
+  weight = max(float(totals['weight_sum']), 1.0)
+  loss = float(totals['loss_sum'] / weight)
+  result = {'loss': loss, 'accuracy': float(totals['correct_sum'] / weight),
+            'tokens': int(totals['weight_sum'])}
+  if 'loss_by_pos' not in totals:  # classification: one label per example
+    return result
   by_pos = {}
   n = len(totals['loss_by_pos'])
   for lo, hi in zip(POSITION_BUCKETS, POSITION_BUCKETS[1:]):
@@ -279,8 +294,7 @@ def evaluate(parallel: Parallel, params, windows: data_lib.Windows, global_batch
     w = totals['weight_by_pos'][lo:hi].sum()
     if w > 0:
       by_pos[f'{lo}-{min(hi, n) - 1}'] = float(totals['loss_by_pos'][lo:hi].sum() / w)
-  return {'loss': loss, 'bits_per_byte': loss / LN2, 'tokens': int(totals['weight_sum']),
-          'loss_by_position': by_pos}
+  return {**result, 'bits_per_byte': loss / LN2, 'loss_by_position': by_pos}
 
 
 # --------------------------------------------------------------------------- #
@@ -364,7 +378,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_chief:
     config_lib.save_config(config, workdir)
 
-  model = model_lib.build_model(config.model)
+  model = config_lib.build_model(config)
   parallel = Parallel(config.parallelism, model, config)
   target = abstract_state(model, config, parallel.replicated)
   mngr = checkpoint_manager(workdir, config)
@@ -395,6 +409,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
                                            every_secs=None, every_steps=config.log_every_steps)
   tokens_per_step = global_batch * config.data.seq_len
+  is_corpus = config.data.name not in data_lib.TASK_FIELDS  # bits/byte means something
+  eval_label = 'recall accuracy' if config.data.name == 'mqar' else 'accuracy'
   say(f"Training {config.model.attention} (M={config.model.num_latents}, "
         f"H={config.model.num_heads}, {num_params:,} params) for {config.num_train_steps} steps "
         f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
@@ -439,7 +455,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       now = time.time()
       if is_log:
         steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-        record.update(train_loss=loss, learning_rate=float(host['learning_rate']),
+        record.update(train_loss=loss, train_accuracy=float(host['accuracy']),
+                      learning_rate=float(host['learning_rate']),
                       grad_norm=float(host['grad_norm']), steps_per_sec=steps_per_sec,
                       tokens_per_sec=steps_per_sec * tokens_per_step)
         say(f"step {step:6d}/{config.num_train_steps}  loss {loss:.4f}  "
@@ -449,9 +466,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if is_eval:
         ev = evaluate(parallel, state.params, eval_windows, global_batch,
                       config.num_eval_steps)
-        record.update(eval_loss=ev['loss'], eval_bits_per_byte=ev['bits_per_byte'])
-        say(f"step {step:6d}  eval loss {ev['loss']:.4f}  "
-              f"bits/byte {ev['bits_per_byte']:.4f}", flush=True)
+        record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'])
+        if 'bits_per_byte' in ev:
+          record['eval_bits_per_byte'] = ev['bits_per_byte']
+        say(f"step {step:6d}  eval loss {ev['loss']:.4f}  {eval_label} {ev['accuracy']:.4f}"
+            + (f"  bits/byte {ev['bits_per_byte']:.4f}" if is_corpus else ''),
+            flush=True)
       record.update(elapsed_s=elapsed(), peak_memory_mb=peak_memory_mb())
       writer.write_scalars(step, {k: v for k, v in record.items() if k != 'step'})
       log.write(record)

@@ -108,4 +108,4 @@ def test_bad_model_config_gives_one_clear_line(field, value, message):
 def test_bidirectional_config_is_fine_outside_language_modelling():
   cfg = base.model_config()
   cfg.attention = 'latent'
-  assert model_lib.validate_model_config(cfg, task='classification').attention == 'latent'
+  assert model_lib.validate_model_config(cfg, task='classify').attention == 'latent'

@@ -1,0 +1,246 @@
+"""Task data sets and the classifier: MQAR, ListOps, padding masks, accuracy in train and eval."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import listops_m64, mqar as mqar_config
+from latent_flax import config_lib, eval_lib, listops, mqar, train_lib
+from latent_flax import data as data_lib
+from latent_flax import model as model_lib
+from tests.helpers import tiny_config
+
+
+# --------------------------------------------------------------------------- #
+# MQAR.
+# --------------------------------------------------------------------------- #
+
+def test_mqar_follows_the_definition():
+  V, N, D = 64, 96, 12
+  d = mqar.generate(300, N, D, V, 0, 'train')
+  inputs, targets, weights = d['inputs'], d['targets'], d['weights']
+  assert inputs.shape == targets.shape == weights.shape == (300, N)
+  gaps = []
+  for x, y, w in zip(inputs, targets, weights):
+    keys, values = x[0:2 * D:2], x[1:2 * D:2]
+    assert len(set(keys)) == D and len(set(values)) == D
+    assert np.all((keys >= 1) & (keys < V // 2)) and np.all((values >= V // 2) & (values < V))
+    answer = dict(zip(keys, values))
+    query_pos = np.flatnonzero(w)
+    # Every key is asked exactly once, after the pairs, at an even offset from their end.
+    assert sorted(x[query_pos]) == sorted(keys) and np.all(query_pos >= 2 * D)
+    assert np.all((query_pos - 2 * D) % 2 == 0)
+    assert [answer[k] for k in x[query_pos]] == list(y[query_pos])
+    # Nothing else is asked or scored; everything after the pairs but the queries is 0.
+    rest = np.ones(N, bool)
+    rest[:2 * D] = False
+    rest[query_pos] = False
+    assert np.all(x[rest] == 0) and np.all(w[~np.isin(np.arange(N), query_pos)] == 0)
+    gaps.extend((query_pos - 2 * D) // 2)
+  # Power-law gaps: short gaps are much more frequent than long ones.
+  slots = (N - 2 * D) // 2
+  hist = np.bincount(gaps, minlength=slots)
+  assert hist[:slots // 4].sum() > 1.5 * hist[-(slots // 4):].sum()
+
+
+def test_mqar_sets_are_fixed_and_distinct():
+  a = mqar.generate.__wrapped__(50, 64, 8, 64, 3, 'train')
+  b = mqar.generate.__wrapped__(50, 64, 8, 64, 3, 'train')
+  test = mqar.generate.__wrapped__(50, 64, 8, 64, 3, 'test')
+  other_seed = mqar.generate.__wrapped__(50, 64, 8, 64, 4, 'train')
+  np.testing.assert_array_equal(a['inputs'], b['inputs'])
+  assert not np.array_equal(a['inputs'], test['inputs'])
+  assert not np.array_equal(a['inputs'], other_seed['inputs'])
+
+
+@pytest.mark.parametrize('arg,message', [
+    ('pairs=70,seq_len=512', 'needs that many distinct keys'),
+    ('pairs=32,seq_len=100', 'cannot hold 32 pairs'),
+    ('vocab=512', 'exceeds the model'),
+])
+def test_mqar_bad_parameters_are_one_line(arg, message):
+  with pytest.raises(ValueError) as err:
+    config_lib.validate_config(mqar_config.get_config(arg))
+  assert message in str(err.value) and '\n' not in str(err.value)
+
+
+def test_mqar_config_arguments():
+  config = mqar_config.get_config('m=8,pairs=32,seq_len=512,chunk=16')
+  assert (config.model.num_latents, config.model.chunk_size) == (8, 16)
+  assert (config.data.num_kv_pairs, config.data.seq_len) == (32, 512)
+  config_lib.validate_config(config)
+
+
+# --------------------------------------------------------------------------- #
+# ListOps.
+# --------------------------------------------------------------------------- #
+
+def _value(text_tokens):
+  """Independent evaluator: recursive descent over the text tokens."""
+  def parse(i):
+    t = text_tokens[i]
+    if not t.startswith('['):
+      return int(t), i + 1
+    args, i = [], i + 1
+    while text_tokens[i] != ']':
+      v, i = parse(i)
+      args.append(v)
+    op = t[1:]
+    s = sorted(args)
+    value = {'MAX': max(args), 'MIN': min(args), 'SM': sum(args) % 10,
+             'MED': s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) // 2}
+    return value[op], i + 1
+  v, end = parse(0)
+  assert end == len(text_tokens)
+  return v
+
+
+def test_listops_expressions_follow_the_specification():
+  examples = list(listops.generate_examples(60, 100, 400, 0, 'train'))
+  labels = []
+  for tokens, label in examples:
+    text = listops.to_text(tokens).split()
+    assert 100 <= len(tokens) <= 400 and text[0].startswith('[')
+    assert _value(text) == label == listops.evaluate(text)
+    depth, max_depth, args = 0, 0, []
+    for t in text:
+      if t.startswith('['):
+        depth += 1
+        max_depth = max(max_depth, depth)
+        if args:
+          args[-1] += 1
+        args.append(0)
+      elif t == ']':
+        depth -= 1
+        assert 2 <= args.pop() <= listops.MAX_ARGS
+      else:
+        args[-1] += 1
+    assert depth == 0 and max_depth <= listops.MAX_DEPTH
+    labels.append(label)
+  assert len(set(labels)) >= 5  # not a constant task
+  again = list(listops.generate_examples(60, 100, 400, 0, 'train'))
+  assert all(np.array_equal(a[0], b[0]) for a, b in zip(examples, again))
+  other = next(listops.generate_examples(1, 100, 400, 0, 'test'))
+  assert not np.array_equal(other[0], examples[0][0])
+
+
+def _tiny_listops(tmp_path, attention='latent', **overrides):
+  config = listops_m64.get_config()
+  config.model.update(attention=attention, num_latents=4, num_heads=2, emb_dim=16, mlp_dim=32,
+                      num_layers=2, dropout_rate=0.0)
+  config.data.update(seq_len=48, min_length=8, max_length=40, num_train_examples=64,
+                     num_validation_examples=16, num_test_examples=24,
+                     data_dir=str(tmp_path / 'tfds'))
+  config.update(num_train_steps=4, per_device_batch_size=2, warmup_steps=1, log_every_steps=2,
+                eval_every_steps=4, checkpoint_every_steps=4, num_eval_steps=0)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_listops_tfds_builder_pads_and_masks(tmp_path):
+  config = _tiny_listops(tmp_path)
+  test = data_lib.load_windows(config.data, 'test')
+  assert test.num_windows == 24
+  batch = test.get(np.arange(24))
+  assert batch['inputs'].shape == batch['mask'].shape == (24, 48)
+  assert batch['targets'].shape == batch['weights'].shape == (24,)
+  for x, m, y in zip(batch['inputs'], batch['mask'], batch['targets']):
+    n = int(m.sum())
+    assert m[:n].all() and not m[n:].any() and np.all(x[n:] == listops.PAD)
+    assert 8 <= n <= 40 and _value(listops.to_text(x[:n]).split()) == y
+  expected = list(listops.generate_examples(24, 8, 40, 0, 'test'))
+  assert [int(y) for y in batch['targets']] == [label for _, label in expected]
+  assert os.path.isdir(tmp_path / 'tfds' / 'list_ops')
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'model.attention': 'causal_latent'}, "classification reads the whole sequence"),
+    ({'data.seq_len': 30}, 'does not fit in config.data.seq_len=30'),
+    ({'data.num_train_examples': 0}, 'num_train_examples=0 must be an integer >= 1'),
+])
+def test_listops_bad_config_is_one_line(tmp_path, overrides, message):
+  config = _tiny_listops(tmp_path)
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
+  with pytest.raises(ValueError) as err:
+    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert message in str(err.value) and '\n' not in str(err.value)
+  assert not (tmp_path / 'run').exists()
+
+
+# --------------------------------------------------------------------------- #
+# The classifier.
+# --------------------------------------------------------------------------- #
+
+@pytest.mark.parametrize('attention', ['latent', 'full'])
+def test_what_padding_holds_changes_nothing(attention):
+  cfg = model_lib.ModelConfig(attention=attention, num_latents=4, num_heads=2, emb_dim=16,
+                              mlp_dim=32, num_layers=2)
+  model = model_lib.build_model(cfg, task='classify', num_classes=10)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 16, (3, 40)).astype(np.int32)
+  mask = np.zeros((3, 40), bool)
+  for b, n in enumerate((40, 25, 9)):
+    mask[b, :n] = True
+  tokens = np.where(mask, tokens, listops.PAD)
+  params = model.init(jax.random.key(0), tokens, mask)['params']
+  logits = model.apply({'params': params}, tokens, mask)
+  assert logits.shape == (3, 10)
+  garbage = np.where(mask, tokens, rng.integers(1, 200, tokens.shape)).astype(np.int32)
+  np.testing.assert_array_equal(model.apply({'params': params}, garbage, mask), logits)
+  # A real token does matter (so the check above could fail).
+  changed = tokens.copy()
+  changed[1, 3] = 1 + changed[1, 3] % 15
+  assert not np.allclose(model.apply({'params': params}, changed, mask)[1], logits[1])
+  # Without the mask, padding would leak in.
+  assert not np.allclose(model.apply({'params': params}, garbage)[1:],
+                         model.apply({'params': params}, tokens)[1:])
+
+
+def _accuracy_by_hand(model, params, examples):
+  batch = examples.get(np.arange(examples.num_windows))
+  extra = (batch['mask'],) if 'mask' in batch else ()
+  logits = model.apply({'params': params}, batch['inputs'], *extra)
+  right = (np.argmax(logits, -1) == batch['targets']) * batch['weights']
+  return right.sum() / batch['weights'].sum()
+
+
+def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
+  config = _tiny_listops(tmp_path)
+  workdir = str(tmp_path / 'run')
+  final = train_lib.train_and_evaluate(config, workdir)
+  assert final['step'] == 4 and 0.0 <= final['eval_accuracy'] <= 1.0
+  assert 'eval_bits_per_byte' not in final and 'train_accuracy' in final
+  # The test split, 24 examples over 8 rows per batch, through eval.py's library.
+  result = eval_lib.evaluate_checkpoint(workdir, split='test')
+  assert result['tokens'] == 24 and result['split'] == 'test'
+  with open(os.path.join(workdir, 'eval_test_step_4.json')) as f:
+    assert json.load(f)['accuracy'] == result['accuracy']
+  restored = eval_lib.restore_checkpoint(workdir, config)
+  model = config_lib.build_model(config)
+  expected = _accuracy_by_hand(model, restored.state.params,
+                               data_lib.load_windows(config.data, 'test'))
+  assert result['accuracy'] == pytest.approx(float(expected))
+
+
+def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
+  config = mqar_config.get_config('m=4,pairs=4,seq_len=32,dim=16,heads=2,chunk=8')
+  config.data.update(num_train_examples=64, num_test_examples=20)
+  config.update(num_train_steps=4, per_device_batch_size=2, warmup_steps=1, log_every_steps=2,
+                eval_every_steps=4, checkpoint_every_steps=4, num_eval_steps=0)
+  workdir = str(tmp_path / 'run')
+  final = train_lib.train_and_evaluate(config, workdir)
+  assert 'eval_accuracy' in final
+  result = eval_lib.evaluate_checkpoint(workdir)
+  assert result['tokens'] == 20 * 4  # 4 answers per example, nothing else counted
+  assert result['recall_accuracy'] == result['accuracy'] == pytest.approx(final['eval_accuracy'])
+  restored = eval_lib.restore_checkpoint(workdir, config)
+  expected = _accuracy_by_hand(config_lib.build_model(config), restored.state.params,
+                               data_lib.load_windows(config.data, 'test'))
+  assert result['accuracy'] == pytest.approx(float(expected))
