@@ -36,6 +36,8 @@ def main(argv):
     label = 'recall accuracy' if r['dataset'] == 'mqar' else 'accuracy'
     print(f"step {r['step']}  loss {r['loss']:.4f}  {label} {r['accuracy']:.4f}  over "
           f"{r['tokens']:,} {what} of the {r['split']} split of {r['dataset']}")
+    for pairs, accuracy in r.get('recall_by_pairs', {}).items():
+      print(f"  test set with {pairs:>3s} pairs: recall accuracy {accuracy:.4f}")
   else:
     print(f"step {r['step']}  loss {r['loss']:.4f} nats/byte  bits/byte "
           f"{r['bits_per_byte']:.4f}  over {r['tokens']:,} bytes of {r['dataset']}")

@@ -22,14 +22,15 @@ def get_config(arg: str | None = None):
   d.name = 'mqar'
   d.seq_len = 256                  # tokens per example
   d.vocab_size = 128               # keys from [1, 64), values from [64, 128); 0 fills the rest
-  d.num_kv_pairs = 16              # pairs at the start, each queried once later
-  d.train_pairs_mix = ''           # e.g. '4,8,16,32': train set split among these pair counts
+  d.num_kv_pairs = 32              # pairs at the start, each queried once later (test set)
+  d.train_pairs_mix = '4,8,16,32'  # train set split equally among these pair counts ('' = num_kv_pairs)
+  d.eval_pairs = '8,16,32'         # extra test sets: recall against the number of facts
   d.num_train_examples = 20_000    # fixed train set
   d.num_test_examples = 1_000      # fixed test set (eval.py and the periodic eval)
   d.seed = 0                       # the data sets' seed (config.seed orders the batches)
-  config.update(num_train_steps=800, per_device_batch_size=16, learning_rate=3e-3,
-                warmup_steps=80, weight_decay=0.1, log_every_steps=50, eval_every_steps=400,
-                num_eval_steps=0, checkpoint_every_steps=400)
+  config.update(num_train_steps=1500, per_device_batch_size=32, learning_rate=3e-3,
+                warmup_steps=80, weight_decay=0.1, log_every_steps=100, eval_every_steps=500,
+                num_eval_steps=0, checkpoint_every_steps=250)
   model_args = []
   for item in (arg or '').split(','):
     key, sep, value = item.partition('=')

@@ -225,9 +225,10 @@ def validate_data_config(data_config) -> None:
   if name == 'mqar':
     from latent_flax import mqar
     mqar.check_params(data_config.vocab_size, seq_len, data_config.num_kv_pairs)
-    for pairs in mqar.parse_mix(data_config.get('train_pairs_mix') or '',
-                                data_config.num_kv_pairs):
-      mqar.check_params(data_config.vocab_size, seq_len, pairs)
+    for field in ('train_pairs_mix', 'eval_pairs'):
+      for pairs in mqar.parse_mix(data_config.get(field) or '', data_config.num_kv_pairs,
+                                  field):
+        mqar.check_params(data_config.vocab_size, seq_len, pairs)
     if data_config.vocab_size > 256:
       raise ValueError(f"config.data.vocab_size={data_config.vocab_size} exceeds the model's "
                        "256-token vocabulary; use vocab_size <= 256.")
@@ -300,7 +301,8 @@ def _load_task(data_config, split: str) -> Examples:
       return Examples(mqar.generate(data_config.num_test_examples, data_config.seq_len,
                                     data_config.num_kv_pairs, data_config.vocab_size,
                                     data_config.seed, 'test'))
-    mix = mqar.parse_mix(data_config.get('train_pairs_mix') or '', data_config.num_kv_pairs)
+    mix = mqar.parse_mix(data_config.get('train_pairs_mix') or '', data_config.num_kv_pairs,
+                         'train_pairs_mix')
     count = data_config.num_train_examples
     parts = [mqar.generate(count // len(mix) + (i < count % len(mix)), data_config.seq_len, p,
                            data_config.vocab_size, data_config.seed, 'train')
@@ -308,6 +310,20 @@ def _load_task(data_config, split: str) -> Examples:
     return Examples({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
   from latent_flax import listops
   return Examples(listops.load(data_config, split))
+
+
+def recall_probe_sets(data_config) -> dict[int, Examples]:
+  """MQAR test sets with other pair counts ({pairs: Examples}), from data.eval_pairs.
+
+  Each is a fixed test set like the main one (num_test_examples examples), so one
+  trained model is measured against 8, 16, 32 ... facts. Empty for other data sets.
+  """
+  if data_config.name != 'mqar' or not data_config.get('eval_pairs'):
+    return {}
+  from latent_flax import mqar
+  return {p: Examples(mqar.generate(data_config.num_test_examples, data_config.seq_len, p,
+                                    data_config.vocab_size, data_config.seed, 'test'))
+          for p in mqar.parse_mix(data_config.eval_pairs, data_config.num_kv_pairs)}
 
 
 def load_windows(data_config, split: str) -> Windows | Examples:

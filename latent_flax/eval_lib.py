@@ -69,7 +69,9 @@ def evaluate_checkpoint(workdir: str, step: int | None = None,
   restored = restore_checkpoint(workdir, config, step)
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
-  result = train_lib.evaluate(restored.parallel, restored.state.params, windows, global_batch, n)
+  probes = data_lib.recall_probe_sets(config.data) if split != 'train' else {}
+  result = train_lib.evaluate(restored.parallel, restored.state.params, windows, global_batch, n,
+                              probes)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
   if config.data.name == 'mqar':
     result['recall_accuracy'] = result['accuracy']

@@ -12,7 +12,9 @@ there (weight 1), every other position has weight 0.
 
 Training can mix easier examples in, as the published probe does (several pair
 counts in one train set): `train_pairs_mix='4,8,16,32'` splits the train set
-equally among those counts. The test set always has num_kv_pairs pairs.
+equally among those counts. The test set has num_kv_pairs pairs; `eval_pairs`
+('8,16,32') adds test sets with those counts, so one run gives recall against
+the number of facts.
 
 The train and test sets are fixed: example i of a split is the same for every run
 with the same (vocab_size, seq_len, num_kv_pairs, seed); train and test use
@@ -42,16 +44,15 @@ def check_params(vocab_size: int, seq_len: int, num_kv_pairs: int) -> None:
                      f"queries (2 tokens each); use seq_len >= {4 * num_kv_pairs}.")
 
 
-def parse_mix(text: str, num_kv_pairs: int) -> list[int]:
-  """'4,8,16' -> [4, 8, 16]: the train set's mixture of pair counts ('' = num_kv_pairs only)."""
+def parse_mix(text: str, num_kv_pairs: int, field: str = 'train_pairs_mix') -> list[int]:
+  """'4,8,16' -> [4, 8, 16] (config.data.<field>); '' -> [num_kv_pairs]."""
   if not text.strip():
     return [num_kv_pairs]
   try:
-    mix = [int(p) for p in text.split(',')]
+    return [int(p) for p in text.split(',')]
   except ValueError:
-    raise ValueError(f"config.data.train_pairs_mix={text!r} must be comma-separated integers "
-                     "such as '4,8,16,32', or '' for num_kv_pairs only.") from None
-  return mix
+    raise ValueError(f"config.data.{field}={text!r} must be comma-separated integers "
+                     "such as '4,8,16,32', or ''.") from None
 
 
 @functools.lru_cache(maxsize=8)

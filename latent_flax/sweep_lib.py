@@ -176,7 +176,9 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
   """One row per run directory under workdir that has config.json and metrics.jsonl.
 
   `line` in each row is the run's value of the config field `lines` (e.g.
-  'model.num_heads'): the report draws one line per value.
+  'model.num_heads'): the report draws one line per value. lines='recall_by_pairs'
+  (MQAR) instead gives one row per test set a run was evaluated on, with
+  eval_accuracy that set's recall and `line` its number of pairs.
   """
   rows = []
   for name in sorted(os.listdir(workdir)):
@@ -195,12 +197,14 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
     last = evals[-1] if evals else {}
     bpb = last.get('eval_bits_per_byte', float('nan'))
     accuracy = last.get('eval_accuracy', float('nan'))
+    by_pairs = last.get('eval_recall_by_pairs', {})
     if eval_files and evals and eval_files[-1][0] == last['step']:
       with open(os.path.join(run, eval_files[-1][1])) as f:  # eval.py's fuller evaluation
         full = json.load(f)
       bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
+      by_pairs = full.get('recall_by_pairs', by_pairs)
     latent = config.model.attention != 'full'
-    rows.append(dict(
+    row = dict(
         run=name, attention=config.model.attention,
         num_latents=config.model.num_latents if latent else '',
         num_heads=config.model.num_heads,
@@ -210,7 +214,11 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
         peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
         wall_s=metrics[-1].get('elapsed_s', float('nan')),
-        done=is_done(run), step=metrics[-1]['step']))
+        done=is_done(run), step=metrics[-1]['step'])
+    if lines == 'recall_by_pairs':
+      rows.extend({**row, 'line': int(p), 'eval_accuracy': a} for p, a in by_pairs.items())
+    else:
+      rows.append(row)
   return sorted(rows, key=lambda r: (r['attention'], str(r['line']), r['num_latents'] or 0,
                                      r['chunk_size'] or 0, r['num_heads']))
 
@@ -220,7 +228,7 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
   """report.md, report.csv, <metric>_vs_m.png and tokens_per_sec_vs_m.png in out_dir."""
   report = {**DEFAULT_REPORT, **(report or {})}
   metric, lines_key = report['metric'], report['lines']
-  line_name = lines_key.split('.')[-1]
+  line_name = 'pairs' if lines_key == 'recall_by_pairs' else lines_key.split('.')[-1]
   os.makedirs(out_dir, exist_ok=True)
   short = 'bpb' if metric == 'eval_bits_per_byte' else metric.replace('eval_', '')
   paths = [os.path.join(out_dir, n) for n in
@@ -229,7 +237,7 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     w.writeheader()
     w.writerows(rows)
-  extra = lines_key not in ('model.num_heads',)
+  extra = lines_key != 'model.num_heads'
   head = ['attention', 'M', 'heads', 'chunk'] + ([line_name] if extra else []) + [
       'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
       'tokens/s', 'peak memory (MiB)', 'wall (s)']

@@ -272,8 +272,21 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState, where: s
 # --------------------------------------------------------------------------- #
 
 def evaluate(parallel: Parallel, params, windows: data_lib.Windows | data_lib.Examples,
-             global_batch: int, num_batches: int | None) -> dict:
-  """Loss and accuracy over the weighted targets; for LM also bits/byte, by position."""
+             global_batch: int, num_batches: int | None,
+             probes: dict[int, data_lib.Examples] | None = None) -> dict:
+  """Loss and accuracy over the weighted targets; for LM also bits/byte, by position.
+
+  `probes` (MQAR test sets by pair count) add `recall_by_pairs`: {pairs: accuracy}.
+  """
+  result = _evaluate_one(parallel, params, windows, global_batch, num_batches)
+  if probes:
+    result['recall_by_pairs'] = {
+        str(p): _evaluate_one(parallel, params, ex, global_batch, num_batches)['accuracy']
+        for p, ex in probes.items()}
+  return result
+
+
+def _evaluate_one(parallel, params, windows, global_batch, num_batches) -> dict:
   totals = None
   for batch in data_lib.eval_batches(windows, global_batch, num_batches,
                                      process_index=jax.process_index(),
@@ -373,6 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = config.per_device_batch_size * jax.device_count()
   train_windows = data_lib.load_windows(config.data, 'train')
   eval_windows = data_lib.load_windows(config.data, 'validation')
+  probes = data_lib.recall_probe_sets(config.data)
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
@@ -465,15 +479,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               flush=True)
       if is_eval:
         ev = evaluate(parallel, state.params, eval_windows, global_batch,
-                      config.num_eval_steps)
+                      config.num_eval_steps, probes)
         record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'])
+        if 'recall_by_pairs' in ev:
+          record['eval_recall_by_pairs'] = ev['recall_by_pairs']
+          say(f"step {step:6d}  recall by pairs "
+              + '  '.join(f"{p}: {a:.4f}" for p, a in ev['recall_by_pairs'].items()), flush=True)
         if 'bits_per_byte' in ev:
           record['eval_bits_per_byte'] = ev['bits_per_byte']
         say(f"step {step:6d}  eval loss {ev['loss']:.4f}  {eval_label} {ev['accuracy']:.4f}"
             + (f"  bits/byte {ev['bits_per_byte']:.4f}" if is_corpus else ''),
             flush=True)
       record.update(elapsed_s=elapsed(), peak_memory_mb=peak_memory_mb())
-      writer.write_scalars(step, {k: v for k, v in record.items() if k != 'step'})
+      writer.write_scalars(step, {k: v for k, v in record.items()
+                                  if k != 'step' and not isinstance(v, dict)})
       log.write(record)
       final = {**final, **record}
       if is_ckpt:

@@ -85,3 +85,31 @@ def test_a_missing_or_wrong_sweep_file_is_one_line(tmp_path):
   (tmp_path / 'bad.py').write_text('X = 1\n')
   with pytest.raises(ValueError, match='needs BASE'):
     sweep_lib.load_sweep(str(tmp_path / 'bad.py'))
+
+
+def test_accuracy_report_draws_one_line_per_pair_count(tmp_path):
+  """MQAR report: one row per (run, test-set pair count); accuracy vs M, full as reference."""
+  from configs import mqar as mqar_config
+  runs = {('causal_latent', 4): {'8': 0.9, '32': 0.3}, ('causal_latent', 16): {'8': 1.0, '32': 0.7},
+          ('full', 64): {'8': 1.0, '32': 0.99}}
+  for (attention, m), by_pairs in runs.items():
+    run = tmp_path / f'{attention}_{m}'
+    run.mkdir()
+    config = mqar_config.get_config(f'attention={attention},m={m}')
+    (run / 'config.json').write_text(config.to_json())
+    (run / 'metrics.jsonl').write_text(
+        json.dumps({'step': 10, 'train_loss': 1.0, 'tokens_per_sec': 100.0}) + '\n'
+        + json.dumps({'step': 20, 'train_loss': 0.5, 'tokens_per_sec': 120.0, 'eval_loss': 0.4,
+                      'eval_accuracy': by_pairs['32'], 'eval_recall_by_pairs': by_pairs,
+                      'elapsed_s': 5.0}) + '\n')
+    (run / 'summary.json').write_text('{}')
+  sweep = sweep_lib.load_sweep('configs/sweep_mqar.py')
+  assert sweep.report == {'metric': 'eval_accuracy', 'lines': 'recall_by_pairs'}
+  rows = sweep_lib.collect(str(tmp_path), sweep.report['lines'])
+  got = {(r['attention'], r['num_latents'] or 64, r['line']): r['eval_accuracy'] for r in rows}
+  assert got == {(a, m, int(p)): acc for (a, m), d in runs.items() for p, acc in d.items()}
+  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'), report=sweep.report)
+  assert os.path.basename(paths[2]) == 'accuracy_vs_m.png' and os.path.getsize(paths[2]) > 1000
+  table = open(paths[0]).read()
+  assert '| pairs |' in table and '| eval accuracy |' in table
+  assert table.count('| causal_latent |') == 4 and '| 0.7000 |' in table

@@ -231,7 +231,8 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
 
 def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   config = mqar_config.get_config('m=4,pairs=4,seq_len=32,dim=16,heads=2,chunk=8')
-  config.data.update(num_train_examples=64, num_test_examples=20)
+  config.data.update(num_train_examples=64, num_test_examples=20, train_pairs_mix='2,4',
+                     eval_pairs='2,4')
   config.update(num_train_steps=4, per_device_batch_size=2, warmup_steps=1, log_every_steps=2,
                 eval_every_steps=4, checkpoint_every_steps=4, num_eval_steps=0)
   workdir = str(tmp_path / 'run')
@@ -240,6 +241,8 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   result = eval_lib.evaluate_checkpoint(workdir)
   assert result['tokens'] == 20 * 4  # 4 answers per example, nothing else counted
   assert result['recall_accuracy'] == result['accuracy'] == pytest.approx(final['eval_accuracy'])
+  assert set(result['recall_by_pairs']) == {'2', '4'}
+  assert result['recall_by_pairs']['4'] == pytest.approx(result['accuracy'])
   restored = eval_lib.restore_checkpoint(workdir, config)
   expected = _accuracy_by_hand(config_lib.build_model(config), restored.state.params,
                                data_lib.load_windows(config.data, 'test'))
