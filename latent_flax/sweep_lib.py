@@ -33,7 +33,7 @@ from latent_flax import model as model_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHORT = {'model.attention': 'attn', 'model.num_latents': 'm', 'model.num_heads': 'heads',
           'model.chunk_size': 'chunk', 'model.emb_dim': 'dim', 'model.num_layers': 'layers',
-          'data.num_kv_pairs': 'pairs', 'data.seq_len': 'len'}
+          'data.num_kv_pairs': 'pairs', 'data.seq_len': 'len', 'num_train_steps': 'steps'}
 # What a report plots against M, one line per value of `lines` (REPORT in a sweep module).
 METRICS = {'eval_bits_per_byte': 'eval bits per byte (lower is better)',
            'eval_accuracy': 'eval accuracy (higher is better)'}

@@ -428,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   say(f"Training {config.model.attention} (M={config.model.num_latents}, "
         f"H={config.model.num_heads}, {num_params:,} params) for {config.num_train_steps} steps "
         f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
-        f"global batch {global_batch} x {config.data.seq_len} bytes; workdir {workdir}",
+        f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}",
         flush=True)
 
   def save(step: int, metrics: dict | None):
