@@ -298,9 +298,7 @@ def _load_task(data_config, split: str) -> Examples:
   if data_config.name == 'mqar':
     from latent_flax import mqar
     if split != 'train':  # MQAR has a train and a test set; the test set has num_kv_pairs
-      return Examples(mqar.generate(data_config.num_test_examples, data_config.seq_len,
-                                    data_config.num_kv_pairs, data_config.vocab_size,
-                                    data_config.seed, 'test'))
+      return _mqar_test_set(data_config, data_config.num_kv_pairs)
     mix = mqar.parse_mix(data_config.get('train_pairs_mix') or '', data_config.num_kv_pairs,
                          'train_pairs_mix')
     count = data_config.num_train_examples
@@ -321,9 +319,15 @@ def recall_probe_sets(data_config) -> dict[int, Examples]:
   if data_config.name != 'mqar' or not data_config.get('eval_pairs'):
     return {}
   from latent_flax import mqar
-  return {p: Examples(mqar.generate(data_config.num_test_examples, data_config.seq_len, p,
-                                    data_config.vocab_size, data_config.seed, 'test'))
+  return {p: _mqar_test_set(data_config, p)
           for p in mqar.parse_mix(data_config.eval_pairs, data_config.num_kv_pairs)}
+
+
+def _mqar_test_set(data_config, pairs: int) -> Examples:
+  """The fixed MQAR test set with `pairs` pairs (generate() caches it: one array per set)."""
+  from latent_flax import mqar
+  return Examples(mqar.generate(data_config.num_test_examples, data_config.seq_len, pairs,
+                                data_config.vocab_size, data_config.seed, 'test'))
 
 
 def load_windows(data_config, split: str) -> Windows | Examples:

@@ -280,8 +280,10 @@ def evaluate(parallel: Parallel, params, windows: data_lib.Windows | data_lib.Ex
   """
   result = _evaluate_one(parallel, params, windows, global_batch, num_batches)
   if probes:
-    result['recall_by_pairs'] = {
-        str(p): _evaluate_one(parallel, params, ex, global_batch, num_batches)['accuracy']
+    main = getattr(windows, 'arrays', None)
+    result['recall_by_pairs'] = {  # the main test set among them is not evaluated twice
+        str(p): result['accuracy'] if ex.arrays is main else
+        _evaluate_one(parallel, params, ex, global_batch, num_batches)['accuracy']
         for p, ex in probes.items()}
   return result
 
