@@ -9,6 +9,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from latent_flax import data as data_lib
 from latent_flax import eval_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,10 +32,10 @@ def main(argv):
   except ValueError as e:
     print(f"eval.py: {e}", file=sys.stderr)
     sys.exit(2)
-  if r['dataset'] in ('mqar', 'listops'):
-    what = 'answers' if r['dataset'] == 'mqar' else 'examples'
-    label = 'recall accuracy' if r['dataset'] == 'mqar' else 'accuracy'
-    print(f"step {r['step']}  loss {r['loss']:.4f}  {label} {r['accuracy']:.4f}  over "
+  if r['dataset'] in data_lib.TASK_FIELDS:
+    what = 'examples' if r['dataset'] in data_lib.CLASSIFY_DATASETS else 'answers'
+    print(f"step {r['step']}  loss {r['loss']:.4f}  {data_lib.accuracy_label(r['dataset'])} "
+          f"{r['accuracy']:.4f}  over "
           f"{r['tokens']:,} {what} of the {r['split']} split of {r['dataset']}")
     for pairs, accuracy in r.get('recall_by_pairs', {}).items():
       print(f"  test set with {pairs:>3s} pairs: recall accuracy {accuracy:.4f}")

@@ -202,9 +202,17 @@ TASK_FIELDS = {'mqar': ('vocab_size', 'num_kv_pairs', 'num_train_examples',
                            'num_test_examples', 'min_length', 'max_length', 'seed')}
 
 
+CLASSIFY_DATASETS = ('listops',)  # one label per example; the rest have a target per position
+
+
 def task_of(data_config) -> str:
   """'classify' (one label per example) for listops, else 'lm' (a target per position)."""
-  return 'classify' if data_config.name == 'listops' else 'lm'
+  return 'classify' if data_config.name in CLASSIFY_DATASETS else 'lm'
+
+
+def accuracy_label(name: str) -> str:
+  """What accuracy means for data set `name`, as printed by train.py and eval.py."""
+  return 'recall accuracy' if name == 'mqar' else 'accuracy'
 
 
 def validate_data_config(data_config) -> None:

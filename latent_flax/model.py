@@ -119,6 +119,21 @@ class Block(nn.Module):
     return x_BND + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
 
+def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: bool, *,
+                      causal: bool, mask_BN: jax.Array | None = None,
+                      decode: str | None = None, cache_len: int | None = None) -> jax.Array:
+  """Embedding, the blocks and the final LayerNorm, created in the calling compact module
+  (parameters 'embed', 'block_<i>', 'ln_final'), shared by LanguageModel and Classifier."""
+  dtype = DTYPES[cfg.dtype]
+  x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
+                   embedding_init=nn.initializers.normal(1.0))(tokens_BN)
+  block = nn.remat(Block, static_argnums=(2,)) if cfg.remat and decode is None else Block
+  extra = () if decode is None else (decode, cache_len)
+  for i in range(cfg.num_layers):
+    x_BND = block(cfg, causal=causal, name=f'block_{i}')(x_BND, deterministic, mask_BN, *extra)
+  return nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
+
+
 class LanguageModel(nn.Module):
   """Decoder-only byte LM. apply({'params': p}, tokens_BN) -> logits_BNV, deterministic.
 
@@ -133,17 +148,9 @@ class LanguageModel(nn.Module):
   @nn.compact
   def __call__(self, tokens_BN: jax.Array, *, deterministic: bool = True,
                decode: str | None = None, cache_len: int | None = None) -> jax.Array:
-    cfg = self.cfg
-    dtype = DTYPES[cfg.dtype]
-    x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
-                     embedding_init=nn.initializers.normal(1.0))(tokens_BN)
-    remat = cfg.remat and decode is None
-    block = nn.remat(Block, static_argnums=(2,)) if remat else Block
-    for i in range(cfg.num_layers):
-      extra = () if decode is None else (None, decode, cache_len)
-      x_BND = block(cfg, name=f'block_{i}')(x_BND, deterministic, *extra)
-    x_BND = nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
-    logits_BNV = nn.Dense(VOCAB_SIZE, dtype=dtype, name='head')(x_BND)
+    x_BND = _embed_and_blocks(self.cfg, tokens_BN, deterministic, causal=True,
+                              decode=decode, cache_len=cache_len)
+    logits_BNV = nn.Dense(VOCAB_SIZE, dtype=DTYPES[self.cfg.dtype], name='head')(x_BND)
     return logits_BNV.astype(jnp.float32)
 
 
@@ -162,15 +169,8 @@ class Classifier(nn.Module):
   @nn.compact
   def __call__(self, tokens_BN: jax.Array, mask_BN: jax.Array | None = None, *,
                deterministic: bool = True) -> jax.Array:
-    cfg = self.cfg
-    dtype = DTYPES[cfg.dtype]
     mask_BN = jnp.ones(tokens_BN.shape, bool) if mask_BN is None else mask_BN.astype(bool)
-    x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
-                     embedding_init=nn.initializers.normal(1.0))(tokens_BN)
-    block = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
-    for i in range(cfg.num_layers):
-      x_BND = block(cfg, causal=False, name=f'block_{i}')(x_BND, deterministic, mask_BN)
-    x_BND = nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
+    x_BND = _embed_and_blocks(self.cfg, tokens_BN, deterministic, causal=False, mask_BN=mask_BN)
     w_BN1 = mask_BN[..., None].astype(jnp.float32)
     pooled_BD = jnp.sum(x_BND.astype(jnp.float32) * w_BN1, axis=1) / jnp.maximum(
         jnp.sum(w_BN1, axis=1), 1.0)
