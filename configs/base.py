@@ -18,6 +18,8 @@ def model_config() -> ml_collections.ConfigDict:
   m.dropout_rate = 0.0           # dropout on every residual branch while training
   m.remat = False                # recompute each block in the backward pass (saves memory)
   m.dtype = 'float32'            # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+  m.input_positions = 'none'     # 'sinusoidal': absolute positions added to the embeddings
+                                 # (classification; the latent block is otherwise order-blind)
   return m
 
 

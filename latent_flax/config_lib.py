@@ -14,6 +14,9 @@ PARALLELISM = ('pmap', 'jit')
 # Model fields that change parameter shapes: a workdir trained with other values
 # cannot be resumed.
 SHAPE_FIELDS = ('attention', 'num_latents', 'num_heads', 'emb_dim', 'mlp_dim', 'num_layers')
+# Fields that change what the saved parameters compute, with the value of configs
+# saved before the field existed.
+FUNCTION_FIELDS = {'input_positions': 'none'}
 
 
 def _need(ok: bool, message: str) -> None:
@@ -68,10 +71,11 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:
 def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                      workdir: str) -> None:
   """Refuses a config whose parameter shapes differ from the workdir's saved config."""
-  differ = [f"model.{k}: saved {saved.model.get(k)!r} vs new {config.model.get(k)!r}"
-            for k in SHAPE_FIELDS if saved.model.get(k) != config.model.get(k)]
+  fields = {**{k: None for k in SHAPE_FIELDS}, **FUNCTION_FIELDS}
+  differ = [f"model.{k}: saved {saved.model.get(k, old)!r} vs new {config.model.get(k, old)!r}"
+            for k, old in fields.items() if saved.model.get(k, old) != config.model.get(k, old)]
   if differ:
-    raise ValueError(f"{workdir} holds a run with other parameter shapes ({'; '.join(differ)}); "
+    raise ValueError(f"{workdir} holds a run of another model ({'; '.join(differ)}); "
                      "use a new --workdir or the saved config.")
 
 

@@ -3,7 +3,13 @@
 LanguageModel: tokens_BN (int32 bytes, vocab 256) -> embedding -> num_layers x
 [attention, MLP] -> final LayerNorm -> logits_BNV (float32).
 Classifier: the same stack with bidirectional attention over a padding mask, then
-a masked mean over real tokens -> logits_BK over K classes. The attention kind comes from
+a masked mean over real tokens -> logits_BK over K classes.
+
+Positions: rotary embeddings inside token-token attention (attention.py). The
+bidirectional latent block has no token-token attention, so without more a latent
+classifier sees a bag of tokens; `input_positions='sinusoidal'` adds the fixed
+absolute encoding to the token embeddings (classification only; the ListOps
+configs use it, since the answer hangs on which operator comes first). The attention kind comes from
 `config.attention` in {'latent', 'causal_latent', 'full'}; see attention.py for
 the cost of each. Parameters are float32; `dtype` sets the compute dtype.
 """
@@ -23,6 +29,7 @@ from latent_flax import attention
 VOCAB_SIZE = 256
 ATTENTION_KINDS = ('latent', 'causal_latent', 'full')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+INPUT_POSITIONS = ('none', 'sinusoidal')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +46,7 @@ class ModelConfig:
   dropout_rate: float = 0.0
   remat: bool = False
   dtype: str = 'float32'
+  input_positions: str = 'none'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | dict) -> 'ModelConfig':
@@ -76,7 +84,13 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
   need(cfg.dtype in DTYPES,
        f"config.model.dtype={cfg.dtype!r} is unknown; use one of {list(DTYPES)}.")
   need(isinstance(cfg.remat, bool), f"config.model.remat={cfg.remat!r} must be True or False.")
+  need(cfg.input_positions in INPUT_POSITIONS,
+       f"config.model.input_positions={cfg.input_positions!r} is unknown; use one of "
+       f"{list(INPUT_POSITIONS)}.")
   if task == 'lm':
+    need(cfg.input_positions == 'none',
+         f"config.model.input_positions={cfg.input_positions!r} is for classification; a "
+         "language model takes positions from rotary attention: use 'none'.")
     need(cfg.attention != 'latent',
          "config.model.attention='latent' cannot do language modelling: its latents read the "
          "whole sequence, so position t would see tokens after t; use 'causal_latent' or 'full'.")
@@ -119,6 +133,15 @@ class Block(nn.Module):
     return x_BND + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
 
 
+def sinusoidal_positions(length: int, width: int) -> jax.Array:
+  """[length, width] float32: sin(p / 10000^(2i/width)) in the first half of the
+  channels, cos in the second (the Transformer paper's absolute encoding)."""
+  half = width // 2
+  freqs_f = 10_000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_Nf = jnp.outer(jnp.arange(length, dtype=jnp.float32), freqs_f)
+  return jnp.concatenate([jnp.sin(angles_Nf), jnp.cos(angles_Nf)], axis=-1)
+
+
 def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: bool, *,
                       causal: bool, mask_BN: jax.Array | None = None,
                       decode: str | None = None, cache_len: int | None = None) -> jax.Array:
@@ -127,6 +150,8 @@ def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: boo
   dtype = DTYPES[cfg.dtype]
   x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
                    embedding_init=nn.initializers.normal(1.0))(tokens_BN)
+  if cfg.input_positions == 'sinusoidal':
+    x_BND = x_BND + sinusoidal_positions(tokens_BN.shape[1], cfg.emb_dim)[None].astype(dtype)
   block = nn.remat(Block, static_argnums=(2,)) if cfg.remat and decode is None else Block
   extra = () if decode is None else (decode, cache_len)
   for i in range(cfg.num_layers):

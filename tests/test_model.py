@@ -96,6 +96,8 @@ def test_dropout_only_when_asked():
     ('attention', 'latent', 'would see tokens after t'),
     ('dtype', 'float16', "dtype='float16' is unknown"),
     ('dropout_rate', 1.5, 'dropout_rate=1.5 must be in [0, 1)'),
+    ('input_positions', 'learned', "input_positions='learned' is unknown"),
+    ('input_positions', 'sinusoidal', 'takes positions from rotary attention'),
 ])
 def test_bad_model_config_gives_one_clear_line(field, value, message):
   cfg = base.model_config()

@@ -113,3 +113,38 @@ def test_accuracy_report_draws_one_line_per_pair_count(tmp_path):
   table = open(paths[0]).read()
   assert '| pairs |' in table and '| eval accuracy |' in table
   assert table.count('| causal_latent |') == 4 and '| 0.7000 |' in table
+
+
+def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
+  """compare.py's table: last and best periodic eval, eval.py's test result, examples seen."""
+  from configs import listops_full, listops_m64
+  from latent_flax import compare_lib
+  runs = {'latent': (listops_m64, [0.2, 0.38, 0.37], 0.365),
+          'full': (listops_full, [0.18, 0.21, 0.19], None)}
+  for name, (module, evals, test) in runs.items():
+    run = tmp_path / name
+    run.mkdir()
+    (run / 'config.json').write_text(module.get_config().to_json())
+    lines = [{'step': 50, 'train_loss': 2.0, 'steps_per_sec': 0.5, 'tokens_per_sec': 8000.0,
+              'peak_memory_mb': 900.0, 'elapsed_s': 100.0}]
+    lines += [{'step': 100 * (i + 1), 'eval_loss': 2.0, 'eval_accuracy': a,
+               'elapsed_s': 200.0 * (i + 1)} for i, a in enumerate(evals)]
+    (run / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+    if test is not None:
+      for step, value in ((200, 0.1), (300, test)):  # the latest step's file counts
+        (run / f'eval_test_step_{step}.json').write_text(
+            json.dumps({'step': step, 'accuracy': value, 'split': 'test'}))
+  rows = [compare_lib.summarize(str(tmp_path / n)) for n in runs]
+  latent, full = rows
+  assert (latent['eval'], latent['best_eval'], latent['test'], latent['test_step']) == (
+      0.37, 0.38, 0.365, 300)
+  assert full['test'] is None and full['best_eval'] == 0.21
+  assert latent['examples'] == 300 * 8 and latent['wall_s'] == 600.0  # 8 = 8000 / 0.5 / 2000
+  assert [p[2] for p in latent['curve']] == [0.2, 0.38, 0.37]
+  paths = compare_lib.write(rows, str(tmp_path / 'out'), 'ListOps')
+  table = open(paths[0]).read()
+  assert '| latent | latent | 64 | 4 | 300 of 2,000 | 2,400 | 0.3700 | 0.3800 | 0.3650 (step 300) |' \
+      in table, table
+  assert all(os.path.getsize(p) > 1000 for p in paths[1:])
+  with pytest.raises(ValueError, match='has no config.json'):
+    compare_lib.summarize(str(tmp_path / 'out'))

@@ -1,0 +1,34 @@
+"""Compare training runs: a table and eval-metric curves against steps and wall-clock.
+
+    python compare.py --workdir=runs/listops_m64 --workdir=runs/listops_full --out=docs/listops
+
+Reads each workdir's config.json, metrics.jsonl and eval.py's eval_test_step_S.json
+(run `python eval.py --workdir=W --split=test` first for a test column).
+"""
+
+import sys
+
+from absl import app, flags
+
+from latent_flax import compare_lib
+
+_WORKDIRS = flags.DEFINE_multi_string("workdir", None, "A train.py workdir (repeat the flag).")
+_OUT = flags.DEFINE_string("out", None, "Directory for compare.md and the PNGs.")
+_TITLE = flags.DEFINE_string("title", "Runs compared", "Title of the table and plots.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  del argv
+  try:
+    rows = [compare_lib.summarize(w) for w in _WORKDIRS.value]
+    paths = compare_lib.write(rows, _OUT.value, _TITLE.value)
+  except ValueError as e:
+    print(f"compare.py: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(open(paths[0]).read().split('\n![')[0])
+  print(f"wrote {', '.join(paths)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
