@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from latent_flax import compare_lib
 from latent_flax import config_lib
 from latent_flax import model as model_lib
 
@@ -150,13 +151,9 @@ def _run_forwarding_signals(argv: list[str], env) -> int:
 # Report.
 # --------------------------------------------------------------------------- #
 
-COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'chunk_size', 'line', 'num_params',
-           'eval_bits_per_byte', 'eval_accuracy', 'tokens_per_sec', 'peak_memory_mb', 'wall_s')
-
-
-def _read_metrics(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(l) for l in f if l.strip()]
+COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'chunk_size', 'steps', 'line',
+           'num_params', 'eval_bits_per_byte', 'eval_accuracy', 'tokens_per_sec',
+           'peak_memory_mb', 'wall_s')
 
 
 def _num_params(config: ml_collections.ConfigDict) -> int:
@@ -188,7 +185,7 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
       continue
     with open(os.path.join(run, 'config.json')) as f:
       config = ml_collections.ConfigDict(json.load(f))
-    metrics = _read_metrics(os.path.join(run, 'metrics.jsonl'))
+    metrics = compare_lib.read_metrics(os.path.join(run, 'metrics.jsonl'))
     evals = [m for m in metrics if 'eval_loss' in m]
     # Speed from logged steps after the first (which includes compilation).
     speeds = sorted(m['tokens_per_sec'] for m in metrics[1:] if 'tokens_per_sec' in m)
@@ -209,7 +206,8 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         num_latents=config.model.num_latents if latent else '',
         num_heads=config.model.num_heads,
         chunk_size=config.model.chunk_size if config.model.attention == 'causal_latent' else '',
-        line=_lookup(config, lines), num_params=_num_params(config),
+        steps=config.num_train_steps, line=_lookup(config, lines),
+        num_params=_num_params(config),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
         tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
         peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
@@ -219,8 +217,9 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
       rows.extend({**row, 'line': int(p), 'eval_accuracy': a} for p, a in by_pairs.items())
     else:
       rows.append(row)
-  return sorted(rows, key=lambda r: (r['attention'], str(r['line']), r['num_latents'] or 0,
-                                     r['chunk_size'] or 0, r['num_heads']))
+  return sorted(rows, key=lambda r: (r['attention'], str(type(r['line'])), r['line'],
+                                     r['num_latents'] or 0, r['chunk_size'] or 0, r['steps'],
+                                     r['num_heads']))
 
 
 def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
@@ -238,13 +237,14 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
     w.writeheader()
     w.writerows(rows)
   extra = lines_key != 'model.num_heads'
-  head = ['attention', 'M', 'heads', 'chunk'] + ([line_name] if extra else []) + [
+  head = ['attention', 'M', 'heads', 'chunk', 'steps'] + ([line_name] if extra else []) + [
       'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
       'tokens/s', 'peak memory (MiB)', 'wall (s)']
   lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     unfinished = '' if r['done'] else f" (unfinished, step {r['step']})"
-    cells = [f"{r['attention']}{unfinished}", r['num_latents'], r['num_heads'], r['chunk_size']]
+    cells = [f"{r['attention']}{unfinished}", r['num_latents'], r['num_heads'], r['chunk_size'],
+             f"{r['steps']:,}"]
     cells += [r['line']] if extra else []
     cells += [f"{r['num_params']:,}", f"{r[metric]:.4f}", f"{r['tokens_per_sec']:,.0f}",
               f"{r['peak_memory_mb']:,.0f}", f"{r['wall_s']:.0f}"]
