@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-import ml_collections
-
+from latent_flax import config_lib
 from latent_flax import data as data_lib
 
 _LABELS = {'eval_accuracy': 'eval accuracy (higher is better)',
@@ -25,8 +24,9 @@ def read_metrics(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def _latest_json(workdir: str, prefix: str) -> dict | None:
-  """eval.py's output with the highest step among files named <prefix><step>.json."""
+def latest_eval_json(workdir: str, split: str) -> dict | None:
+  """eval.py's result for `split` at the highest step it was written for, or None."""
+  prefix = 'eval_step_' if split == 'validation' else f'eval_{split}_step_'
   steps = [int(f[len(prefix):-len('.json')]) for f in os.listdir(workdir)
            if f.startswith(prefix) and f.endswith('.json') and f[len(prefix):-5].isdigit()]
   if not steps:
@@ -35,18 +35,25 @@ def _latest_json(workdir: str, prefix: str) -> dict | None:
     return json.load(f)
 
 
+def run_costs(metrics: list[dict]) -> dict:
+  """Median tokens/s of the logged steps after the first (which includes compilation),
+  peak memory and wall time of one run's metrics.jsonl records."""
+  speeds = sorted(m['tokens_per_sec'] for m in metrics[1:] if 'tokens_per_sec' in m)
+  return dict(tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
+              peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
+              wall_s=metrics[-1].get('elapsed_s', float('nan')))
+
+
 def summarize(workdir: str) -> dict:
   """One run's row and curves; ValueError (one line) when workdir is not a run."""
   for name in ('config.json', 'metrics.jsonl'):
     if not os.path.exists(os.path.join(workdir, name)):
       raise ValueError(f"{workdir} has no {name}: pass train.py workdirs.")
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = config_lib.load_saved_config(workdir)
   metrics = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
   metric = 'eval_accuracy' if config.data.name in data_lib.TASK_FIELDS else 'eval_bits_per_byte'
   evals = [m for m in metrics if metric in m]
-  speeds = sorted(m['tokens_per_sec'] for m in metrics[1:] if 'tokens_per_sec' in m)
-  test = _latest_json(workdir, 'eval_test_step_')
+  test = latest_eval_json(workdir, 'test')
   model = config.model
   return dict(
       run=os.path.basename(os.path.normpath(workdir)), attention=model.attention,
@@ -61,9 +68,7 @@ def summarize(workdir: str) -> dict:
       test_step=test['step'] if test else None,
       test=(test['accuracy'] if metric == 'eval_accuracy' else test['bits_per_byte'])
       if test else None,
-      tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
-      peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
-      wall_s=metrics[-1].get('elapsed_s', float('nan')),
+      **run_costs(metrics),
       curve=[(m['step'], m.get('elapsed_s', float('nan')), m[metric]) for m in evals])
 
 

@@ -9,9 +9,11 @@ Positions: rotary embeddings inside token-token attention (attention.py). The
 bidirectional latent block has no token-token attention, so without more a latent
 classifier sees a bag of tokens; `input_positions='sinusoidal'` adds the fixed
 absolute encoding to the token embeddings (classification only; the ListOps
-configs use it, since the answer hangs on which operator comes first). The attention kind comes from
-`config.attention` in {'latent', 'causal_latent', 'full'}; see attention.py for
-the cost of each. Parameters are float32; `dtype` sets the compute dtype.
+configs use it, since the answer hangs on which operator comes first).
+
+The attention kind comes from `config.attention` in {'latent', 'causal_latent',
+'full'}; see attention.py for the cost of each. Parameters are float32; `dtype`
+sets the compute dtype.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
-import json
 import os
 import shlex
 import signal
@@ -183,21 +182,15 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
     if not (os.path.exists(os.path.join(run, 'config.json'))
             and os.path.exists(os.path.join(run, 'metrics.jsonl'))):
       continue
-    with open(os.path.join(run, 'config.json')) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = config_lib.load_saved_config(run)
     metrics = compare_lib.read_metrics(os.path.join(run, 'metrics.jsonl'))
     evals = [m for m in metrics if 'eval_loss' in m]
-    # Speed from logged steps after the first (which includes compilation).
-    speeds = sorted(m['tokens_per_sec'] for m in metrics[1:] if 'tokens_per_sec' in m)
-    eval_files = sorted((int(f[len('eval_step_'):-len('.json')]), f) for f in os.listdir(run)
-                        if f.startswith('eval_step_') and f.endswith('.json'))
     last = evals[-1] if evals else {}
     bpb = last.get('eval_bits_per_byte', float('nan'))
     accuracy = last.get('eval_accuracy', float('nan'))
     by_pairs = last.get('eval_recall_by_pairs', {})
-    if eval_files and evals and eval_files[-1][0] == last['step']:
-      with open(os.path.join(run, eval_files[-1][1])) as f:  # eval.py's fuller evaluation
-        full = json.load(f)
+    full = compare_lib.latest_eval_json(run, 'validation')  # eval.py's fuller evaluation
+    if full is not None and evals and full['step'] == last['step']:
       bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
       by_pairs = full.get('recall_by_pairs', by_pairs)
     latent = config.model.attention != 'full'
@@ -209,9 +202,7 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         steps=config.num_train_steps, line=_lookup(config, lines),
         num_params=_num_params(config),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
-        tokens_per_sec=speeds[len(speeds) // 2] if speeds else float('nan'),
-        peak_memory_mb=max((m.get('peak_memory_mb', 0.0) for m in metrics), default=0.0),
-        wall_s=metrics[-1].get('elapsed_s', float('nan')),
+        **compare_lib.run_costs(metrics),
         done=is_done(run), step=metrics[-1]['step'])
     if lines == 'recall_by_pairs':
       rows.extend({**row, 'line': int(p), 'eval_accuracy': a} for p, a in by_pairs.items())
