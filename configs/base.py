@@ -20,6 +20,8 @@ def model_config() -> ml_collections.ConfigDict:
   m.dtype = 'float32'            # compute dtype: 'float32' or 'bfloat16' (params stay float32)
   m.input_positions = 'none'     # 'sinusoidal': absolute positions added to the embeddings
                                  # (classification; the latent block is otherwise order-blind)
+  m.pooling = 'mean'             # classifier pooling: 'mean' over real tokens, or 'first'
+                                 # (the output at position 0)
   return m
 
 

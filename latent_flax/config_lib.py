@@ -16,7 +16,7 @@ PARALLELISM = ('pmap', 'jit')
 SHAPE_FIELDS = ('attention', 'num_latents', 'num_heads', 'emb_dim', 'mlp_dim', 'num_layers')
 # Fields that change what the saved parameters compute, with the value of configs
 # saved before the field existed.
-FUNCTION_FIELDS = {'input_positions': 'none'}
+FUNCTION_FIELDS = {'input_positions': 'none', 'pooling': 'mean'}
 
 
 def _need(ok: bool, message: str) -> None:

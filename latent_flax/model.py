@@ -3,7 +3,8 @@
 LanguageModel: tokens_BN (int32 bytes, vocab 256) -> embedding -> num_layers x
 [attention, MLP] -> final LayerNorm -> logits_BNV (float32).
 Classifier: the same stack with bidirectional attention over a padding mask, then
-a masked mean over real tokens -> logits_BK over K classes.
+pooling (`pooling='mean'`: the masked mean over real tokens; 'first': the output at
+position 0) -> logits_BK over K classes.
 
 Positions: rotary embeddings inside token-token attention (attention.py). The
 bidirectional latent block has no token-token attention, so without more a latent
@@ -32,6 +33,7 @@ VOCAB_SIZE = 256
 ATTENTION_KINDS = ('latent', 'causal_latent', 'full')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 INPUT_POSITIONS = ('none', 'sinusoidal')
+POOLINGS = ('mean', 'first')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ModelConfig:
   remat: bool = False
   dtype: str = 'float32'
   input_positions: str = 'none'
+  pooling: str = 'mean'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | dict) -> 'ModelConfig':
@@ -89,7 +92,12 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
   need(cfg.input_positions in INPUT_POSITIONS,
        f"config.model.input_positions={cfg.input_positions!r} is unknown; use one of "
        f"{list(INPUT_POSITIONS)}.")
+  need(cfg.pooling in POOLINGS,
+       f"config.model.pooling={cfg.pooling!r} is unknown; use one of {list(POOLINGS)}.")
   if task == 'lm':
+    need(cfg.pooling == 'mean',
+         f"config.model.pooling={cfg.pooling!r} is for classification; a language model "
+         "does not pool: use 'mean' (the default).")
     need(cfg.input_positions == 'none',
          f"config.model.input_positions={cfg.input_positions!r} is for classification; a "
          "language model takes positions from rotary attention: use 'none'.")
@@ -185,9 +193,14 @@ class Classifier(nn.Module):
   """Sequence classifier. apply({'params': p}, tokens_BN, mask_BN) -> logits_BK.
 
   Attention is bidirectional ('latent' or 'full' with causal=False). `mask_BN`
-  (True = real token; default: every token) keeps padded tokens out of every
-  attention as keys and out of the pooled mean, so what padding holds cannot
-  change the logits.
+  (True = real token; default: every token; real tokens come first) keeps padded
+  tokens out of every attention as keys and out of the pooled mean, so what padding
+  holds cannot change the logits.
+
+  `cfg.pooling`: 'mean' averages the real tokens' outputs; 'first' reads the output
+  at position 0 (the BERT [CLS] slot, here the first real token). With 'first' the
+  head sees token 0's own embedding through the residual stream, and everything
+  else only through attention.
   """
 
   cfg: ModelConfig
@@ -198,9 +211,12 @@ class Classifier(nn.Module):
                deterministic: bool = True) -> jax.Array:
     mask_BN = jnp.ones(tokens_BN.shape, bool) if mask_BN is None else mask_BN.astype(bool)
     x_BND = _embed_and_blocks(self.cfg, tokens_BN, deterministic, causal=False, mask_BN=mask_BN)
-    w_BN1 = mask_BN[..., None].astype(jnp.float32)
-    pooled_BD = jnp.sum(x_BND.astype(jnp.float32) * w_BN1, axis=1) / jnp.maximum(
-        jnp.sum(w_BN1, axis=1), 1.0)
+    if self.cfg.pooling == 'first':
+      pooled_BD = x_BND[:, 0].astype(jnp.float32)
+    else:
+      w_BN1 = mask_BN[..., None].astype(jnp.float32)
+      pooled_BD = jnp.sum(x_BND.astype(jnp.float32) * w_BN1, axis=1) / jnp.maximum(
+          jnp.sum(w_BN1, axis=1), 1.0)
     return nn.Dense(self.num_classes, name='head')(pooled_BD)
 
 

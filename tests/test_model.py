@@ -98,6 +98,8 @@ def test_dropout_only_when_asked():
     ('dropout_rate', 1.5, 'dropout_rate=1.5 must be in [0, 1)'),
     ('input_positions', 'learned', "input_positions='learned' is unknown"),
     ('input_positions', 'sinusoidal', 'takes positions from rotary attention'),
+    ('pooling', 'max', "pooling='max' is unknown"),
+    ('pooling', 'first', 'a language model does not pool'),
 ])
 def test_bad_model_config_gives_one_clear_line(field, value, message):
   cfg = base.model_config()

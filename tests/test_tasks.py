@@ -177,10 +177,11 @@ def test_listops_bad_config_is_one_line(tmp_path, overrides, message):
 # The classifier.
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('attention', ['latent', 'full'])
-def test_what_padding_holds_changes_nothing(attention):
+@pytest.mark.parametrize('attention,pooling', [('latent', 'mean'), ('full', 'mean'),
+                                               ('latent', 'first')])
+def test_what_padding_holds_changes_nothing(attention, pooling):
   cfg = model_lib.ModelConfig(attention=attention, num_latents=4, num_heads=2, emb_dim=16,
-                              mlp_dim=32, num_layers=2)
+                              mlp_dim=32, num_layers=2, pooling=pooling)
   model = model_lib.build_model(cfg, task='classify', num_classes=10)
   rng = np.random.default_rng(0)
   tokens = rng.integers(1, 16, (3, 40)).astype(np.int32)
@@ -224,6 +225,27 @@ def test_latent_classifier_sees_order_only_with_input_positions():
   table = np.asarray(model_lib.sinusoidal_positions(5, 8))
   np.testing.assert_allclose(table[3, [0, 4]], [np.sin(3.0), np.cos(3.0)], rtol=1e-6)
   np.testing.assert_allclose(table[2, [1, 5]], [np.sin(2 / 10.0), np.cos(2 / 10.0)], rtol=1e-6)
+
+
+@pytest.mark.parametrize('attention', ['latent', 'full'])
+def test_first_pooling_reads_position_zero(attention):
+  # The head sees exactly the final hidden state at position 0; with 'mean' it sees
+  # the masked mean. Both are recomputed here from the captured ln_final output.
+  rng = np.random.default_rng(2)
+  tokens = rng.integers(1, 16, (2, 20)).astype(np.int32)
+  mask = np.arange(20)[None] < np.array([[20], [11]])
+  for pooling in ('first', 'mean'):
+    cfg = model_lib.ModelConfig(attention=attention, num_latents=4, num_heads=2, emb_dim=16,
+                                mlp_dim=32, num_layers=2, pooling=pooling)
+    model = model_lib.build_model(cfg, task='classify', num_classes=10)
+    params = model.init(jax.random.key(0), tokens, mask)['params']
+    logits, state = model.apply({'params': params}, tokens, mask,
+                                capture_intermediates=lambda mdl, _: mdl.name == 'ln_final')
+    hidden_BND = np.asarray(state['intermediates']['ln_final']['__call__'][0])
+    w = mask[..., None]
+    pooled = hidden_BND[:, 0] if pooling == 'first' else (hidden_BND * w).sum(1) / w.sum(1)
+    expected = pooled @ np.asarray(params['head']['kernel']) + np.asarray(params['head']['bias'])
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def _accuracy_by_hand(model, params, examples):
