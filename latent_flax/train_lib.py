@@ -36,6 +36,8 @@ from latent_flax import model as model_lib
 
 LN2 = math.log(2.0)
 POSITION_BUCKETS = (0, 128, 512, 2048, 8192, 32768, 131072)
+# Train metrics logged as their mean over the steps since the previous log.
+WINDOW_MEANS = ('loss', 'accuracy', 'grad_norm')
 
 
 class TrainState(train_state.TrainState):
@@ -444,12 +446,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   final = {}
   step = start_step
+  window, window_steps = None, 0  # device-side sums of WINDOW_MEANS since the last log
   last_time, last_step = time.time(), start_step
   stop = _StopRequest()
   with stop:
     while step < config.num_train_steps:
       batch = next(train_iter)
       state, metrics = parallel.train_step(state, batch, dropout_rng)
+      # Sums on device since the last log (no host sync), so the logged train loss,
+      # accuracy and gradient norm are means over the window, not one noisy batch.
+      averaged = {k: metrics[k] for k in WINDOW_MEANS}
+      window = averaged if window is None else jax.tree.map(jnp.add, window, averaged)
+      window_steps += 1
       step += 1
       is_log = step % config.log_every_steps == 0 or step == config.num_train_steps
       is_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
@@ -471,11 +479,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       now = time.time()
       if is_log:
         steps_per_sec = (step - last_step) / max(now - last_time, 1e-9)
-        record.update(train_loss=loss, train_accuracy=float(host['accuracy']),
+        means = {k: float(v) / window_steps for k, v in parallel.first(window).items()}
+        window, window_steps = None, 0
+        record.update(train_loss=means['loss'], train_accuracy=means['accuracy'],
                       learning_rate=float(host['learning_rate']),
-                      grad_norm=float(host['grad_norm']), steps_per_sec=steps_per_sec,
+                      grad_norm=means['grad_norm'], steps_per_sec=steps_per_sec,
                       tokens_per_sec=steps_per_sec * tokens_per_step)
-        say(f"step {step:6d}/{config.num_train_steps}  loss {loss:.4f}  "
+        say(f"step {step:6d}/{config.num_train_steps}  loss {means['loss']:.4f}  "
               f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
               f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}",
               flush=True)
