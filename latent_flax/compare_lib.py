@@ -73,8 +73,11 @@ def summarize(workdir: str) -> dict:
 
 
 def _global_batch(metrics: list[dict], config) -> int:
-  """Examples per step: tokens/s over steps/s over seq_len of a logged step."""
+  """Examples per step, as logged; runs logged before train.py recorded it: tokens/s
+  over steps/s over seq_len."""
   for m in metrics:
+    if 'global_batch' in m:
+      return m['global_batch']
     if m.get('steps_per_sec'):
       return round(m['tokens_per_sec'] / m['steps_per_sec'] / config.data.seq_len)
   return config.per_device_batch_size

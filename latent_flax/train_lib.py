@@ -484,7 +484,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record.update(train_loss=means['loss'], train_accuracy=means['accuracy'],
                       learning_rate=float(host['learning_rate']),
                       grad_norm=means['grad_norm'], steps_per_sec=steps_per_sec,
-                      tokens_per_sec=steps_per_sec * tokens_per_step)
+                      tokens_per_sec=steps_per_sec * tokens_per_step,
+                      global_batch=global_batch)
         say(f"step {step:6d}/{config.num_train_steps}  loss {means['loss']:.4f}  "
               f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
               f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}",

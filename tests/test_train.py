@@ -103,6 +103,7 @@ def test_pmap_and_jit_give_the_same_params(tmp_path):
     train_lib.train_and_evaluate(config, workdir)
     runs[kind, every] = _params(workdir, config)[0]
     losses[kind, every] = [m['train_loss'] for m in _metrics(workdir)]
+    assert {m['global_batch'] for m in _metrics(workdir)} == {4 * config.per_device_batch_size}
   assert losses['pmap', 1] == pytest.approx(losses['jit', 1], rel=1e-5)
   # Logging every 2 steps records the mean of the two steps' losses.
   every_step = losses['pmap', 1]
