@@ -429,7 +429,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tokens_per_step = global_batch * config.data.seq_len
   is_corpus = config.data.name not in data_lib.TASK_FIELDS  # bits/byte means something
   eval_label = data_lib.accuracy_label(config.data.name)
-  say(f"Training {config.model.attention} (M={config.model.num_latents}, "
+  latents = '' if config.model.attention == 'full' else f"M={config.model.num_latents}, "
+  say(f"Training {config.model.attention} ({latents}"
         f"H={config.model.num_heads}, {num_params:,} params) for {config.num_train_steps} steps "
         f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
         f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}",

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import listops_baselines
 from configs import listops_m64, mqar as mqar_config
 from latent_flax import config_lib, eval_lib, listops, mqar, train_lib
 from latent_flax import data as data_lib
@@ -273,6 +274,13 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   expected = _accuracy_by_hand(model, restored.state.params,
                                data_lib.load_windows(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))
+  # benchmarks/listops_baselines.py's predictions of the checkpoint give the same accuracy.
+  test = listops.load(config.data, 'test')
+  predicted, step = listops_baselines.model_predictions(workdir, test['inputs'], batch=8)
+  assert step == 4 and np.mean(predicted == test['targets']) == pytest.approx(result['accuracy'])
+  rule = listops_baselines.rule_predictions(np.array([11, 11, 12, 12, 12]),
+                                            np.array([3, 3, 5, 1, 1]), np.array([12, 11]), 10)
+  np.testing.assert_array_equal(rule, [1, 3])
 
 
 def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
