@@ -37,15 +37,17 @@ def rule_accuracy(train_keys, train_labels, keys, labels, num_classes: int) -> f
   return float(np.mean(rule_predictions(train_keys, train_labels, keys, num_classes) == labels))
 
 
-def model_predictions(workdir: str, inputs: np.ndarray, batch: int = 16) -> tuple[np.ndarray, int]:
-  """Latest checkpoint's argmax classes for `inputs` (padding = token 0), and its step."""
+def model_predictions(workdir: str, inputs: np.ndarray, mask: np.ndarray,
+                      batch: int = 16) -> tuple[np.ndarray, int]:
+  """Latest checkpoint's argmax classes for `inputs` and `mask` (as listops.load gives
+  them), and its step."""
   import jax
-  from latent_flax import config_lib, eval_lib, listops
+  from latent_flax import config_lib, eval_lib
   config = eval_lib.workdir_config(workdir)
   restored = eval_lib.restore_checkpoint(workdir, config)
   model = config_lib.build_model(config)
-  apply = jax.jit(lambda p, x: model.apply({'params': p}, x, x != listops.PAD).argmax(-1))
-  out = [np.asarray(apply(restored.state.params, inputs[i:i + batch]))
+  apply = jax.jit(lambda p, x, m: model.apply({'params': p}, x, m).argmax(-1))
+  out = [np.asarray(apply(restored.state.params, inputs[i:i + batch], mask[i:i + batch]))
          for i in range(0, len(inputs), batch)]
   return np.concatenate(out), restored.step
 
@@ -82,7 +84,7 @@ def main():
   rule = rule_predictions(train['inputs'][:, 0], train['targets'], test['inputs'][:, 0], n)
   for workdir in args.workdir:
     k = min(args.max_examples, len(test['targets']))
-    predicted, step = model_predictions(workdir, test['inputs'][:k])
+    predicted, step = model_predictions(workdir, test['inputs'][:k], test['mask'][:k])
     labels, by_rule = test['targets'][:k], rule[:k]
     rule_wrong = by_rule != labels
     result.setdefault('runs', {})[workdir] = run = {

@@ -31,8 +31,8 @@ def get_config(arg: str | None = None):
   d.min_length = 500                     # tokens per expression
   d.max_length = 2000
   d.seed = 0                             # the data set's seed (config.seed orders batches)
-  # A 2-core CPU budget: 800 steps of 8 examples (6,400 examples, about 22 minutes
-  # here; docs/listops). Published LRA runs use 5,000 steps of 32.
+  # A 2-core CPU budget: 800 steps of 8 examples (6,400 examples, about 15 minutes
+  # here with nothing else running; docs/listops). Published LRA runs use 5,000 x 32.
   config.update(num_train_steps=800, per_device_batch_size=8, learning_rate=1e-3,
                 warmup_steps=100, weight_decay=0.05, log_every_steps=50, eval_every_steps=200,
                 num_eval_steps=50, checkpoint_every_steps=200)

@@ -276,7 +276,8 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   assert result['accuracy'] == pytest.approx(float(expected))
   # benchmarks/listops_baselines.py's predictions of the checkpoint give the same accuracy.
   test = listops.load(config.data, 'test')
-  predicted, step = listops_baselines.model_predictions(workdir, test['inputs'], batch=8)
+  predicted, step = listops_baselines.model_predictions(workdir, test['inputs'], test['mask'],
+                                                        batch=8)
   assert step == 4 and np.mean(predicted == test['targets']) == pytest.approx(result['accuracy'])
   rule = listops_baselines.rule_predictions(np.array([11, 11, 12, 12, 12]),
                                             np.array([3, 3, 5, 1, 1]), np.array([12, 11]), 10)
