@@ -19,6 +19,7 @@ import os
 import shlex
 import signal
 import subprocess
+import statistics
 import sys
 import time
 from typing import Any
@@ -33,7 +34,8 @@ from latent_flax import model as model_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHORT = {'model.attention': 'attn', 'model.num_latents': 'm', 'model.num_heads': 'heads',
           'model.chunk_size': 'chunk', 'model.emb_dim': 'dim', 'model.num_layers': 'layers',
-          'data.num_kv_pairs': 'pairs', 'data.seq_len': 'len', 'num_train_steps': 'steps'}
+          'data.num_kv_pairs': 'pairs', 'data.seq_len': 'len', 'num_train_steps': 'steps',
+          'seed': 'seed'}
 # What a report plots against M, one line per value of `lines` (REPORT in a sweep module).
 METRICS = {'eval_bits_per_byte': 'eval bits per byte (lower is better)',
            'eval_accuracy': 'eval accuracy (higher is better)'}
@@ -150,7 +152,7 @@ def _run_forwarding_signals(argv: list[str], env) -> int:
 # Report.
 # --------------------------------------------------------------------------- #
 
-COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'chunk_size', 'steps', 'line',
+COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'chunk_size', 'steps', 'seed', 'line',
            'num_params', 'eval_bits_per_byte', 'eval_accuracy', 'tokens_per_sec',
            'peak_memory_mb', 'wall_s')
 
@@ -199,7 +201,7 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         num_latents=config.model.num_latents if latent else '',
         num_heads=config.model.num_heads,
         chunk_size=config.model.chunk_size if config.model.attention == 'causal_latent' else '',
-        steps=config.num_train_steps, line=_lookup(config, lines),
+        steps=config.num_train_steps, seed=config.seed, line=_lookup(config, lines),
         num_params=_num_params(config),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
         **compare_lib.run_costs(metrics),
@@ -210,7 +212,27 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
       rows.append(row)
   return sorted(rows, key=lambda r: (r['attention'], str(type(r['line'])), r['line'],
                                      r['num_latents'] or 0, r['chunk_size'] or 0, r['steps'],
-                                     r['num_heads']))
+                                     r['num_heads'], r['seed']))
+
+
+def _better(metric: str):
+  """The best of several seeds' values: min for bits per byte, max otherwise."""
+  return min if metric == 'eval_bits_per_byte' else max
+
+
+def over_seeds(rows: list[dict], metric: str) -> list[dict]:
+  """Rows that differ only in seed, merged: best, median and every seed's value."""
+  groups = {}
+  for r in rows:
+    key = tuple(r[k] for k in ('attention', 'num_latents', 'num_heads', 'chunk_size', 'steps',
+                               'line'))
+    groups.setdefault(key, []).append(r)
+  merged = []
+  for group in groups.values():
+    values = [r[metric] for r in sorted(group, key=lambda r: r['seed'])]
+    merged.append({**group[0], 'seeds': [r['seed'] for r in group], 'values': values,
+                   'best': _better(metric)(values), 'median': statistics.median(values)})
+  return merged
 
 
 def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
@@ -228,7 +250,9 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
     w.writeheader()
     w.writerows(rows)
   extra = lines_key != 'model.num_heads'
-  head = ['attention', 'M', 'heads', 'chunk', 'steps'] + ([line_name] if extra else []) + [
+  seeded = len({r['seed'] for r in rows}) > 1
+  head = ['attention', 'M', 'heads', 'chunk', 'steps'] + (['seed'] if seeded else []) + (
+      [line_name] if extra else []) + [
       'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
       'tokens/s', 'peak memory (MiB)', 'wall (s)']
   lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -236,10 +260,21 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
     unfinished = '' if r['done'] else f" (unfinished, step {r['step']})"
     cells = [f"{r['attention']}{unfinished}", r['num_latents'], r['num_heads'], r['chunk_size'],
              f"{r['steps']:,}"]
+    cells += [r['seed']] if seeded else []
     cells += [r['line']] if extra else []
     cells += [f"{r['num_params']:,}", f"{r[metric]:.4f}", f"{r['tokens_per_sec']:,.0f}",
               f"{r['peak_memory_mb']:,.0f}", f"{r['wall_s']:.0f}"]
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+  if seeded:
+    best = 'lowest' if metric == 'eval_bits_per_byte' else 'highest'
+    lines += ['', f'Over seeds ({short}; best = {best}):', '',
+              f'| attention | M | chunk | steps | {line_name} | best | median | each seed |',
+              '|---|---|---|---|---|---|---|---|']
+    for g in over_seeds(rows, metric):
+      each = ', '.join(f"{v:.4f} (seed {s})" for s, v in zip(g['seeds'], g['values']))
+      lines.append(f"| {g['attention']} | {g['num_latents']} | {g['chunk_size']} | "
+                   f"{g['steps']:,} | {g['line']} | {g['best']:.4f} | {g['median']:.4f} | "
+                   f"{each} |")
   lines += ['', f'![{METRICS[metric]} vs M]({os.path.basename(paths[2])})', '',
             '![tokens per second vs M](tokens_per_sec_vs_m.png)', '']
   with open(paths[0], 'w') as f:
@@ -253,27 +288,36 @@ def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str,
           line_name: str) -> None:
   """key vs M for causal_latent/latent, one line per `line` value; full as dashed levels.
 
-  Runs that differ from the most common chunk size are left out of the lines (a
-  chunk-size probe is read from the table).
+  With several seeds per point the line joins the best seed's values and every
+  seed is a faint dot. Runs that differ from the most common chunk size are left
+  out of the lines (a chunk-size probe is read from the table).
   """
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  latent = [r for r in rows if r['attention'] != 'full']
-  chunks = [r['chunk_size'] for r in latent]
+  merged = over_seeds(rows, key)
+  seeded = any(len(g['seeds']) > 1 for g in merged)
+  latent = [g for g in merged if g['attention'] != 'full']
+  chunks = [g['chunk_size'] for g in latent]
   main_chunk = max(set(chunks), key=chunks.count) if chunks else ''
-  groups = sorted({r['line'] for r in rows}, key=lambda v: (str(type(v)), v))
+  groups = sorted({g['line'] for g in merged}, key=lambda v: (str(type(v)), v))
   colors = dict(zip(groups, plt.rcParams['axes.prop_cycle'].by_key()['color'] * 4))
-  for g in groups:
-    pts = sorted((r['num_latents'], r[key]) for r in latent
-                 if r['line'] == g and r['chunk_size'] == main_chunk)
-    if pts:
+  best = ' (best seed)' if seeded else ''
+  for line in groups:
+    points = sorted((g['num_latents'], g) for g in latent
+                    if g['line'] == line and g['chunk_size'] == main_chunk)
+    if points:
       kind = latent[0]['attention']
-      ax.plot(*zip(*pts), 'o-', color=colors[g], label=f'{kind}, {line_name}={g}')
-    for r in rows:
-      if r['attention'] == 'full' and r['line'] == g:
-        ax.axhline(r[key], color=colors[g], ls='--', label=f'full attention, {line_name}={g}')
+      ax.plot([m for m, _ in points], [g['best'] for _, g in points], 'o-', color=colors[line],
+              label=f'{kind}, {line_name}={line}{best}')
+      if seeded:
+        ax.plot([m for m, g in points for _ in g['values']],
+                [v for _, g in points for v in g['values']], '.', color=colors[line], alpha=0.35)
+    for g in merged:
+      if g['attention'] == 'full' and g['line'] == line:
+        ax.axhline(g['best'], color=colors[line], ls='--',
+                   label=f'full attention, {line_name}={line}')
   ax.set_xscale('log', base=2)
   ax.set_xlabel('latents per block M' + (f' (chunk size {main_chunk})' if main_chunk else ''))
   ax.set_ylabel(ylabel)

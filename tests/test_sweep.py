@@ -115,6 +115,35 @@ def test_accuracy_report_draws_one_line_per_pair_count(tmp_path):
   assert table.count('| causal_latent |') == 4 and '| 0.7000 |' in table
 
 
+def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
+  """Three seeds at M=4, one at M=16: the summary keeps each seed's recall, best and median."""
+  from configs import mqar as mqar_config
+  runs = {(4, 0): 0.12, (4, 1): 0.72, (4, 2): 0.5, (16, 0): 0.99}
+  for (m, seed), acc in runs.items():
+    run = tmp_path / f'm={m},seed={seed}'
+    run.mkdir()
+    config = mqar_config.get_config(f'm={m}')
+    config.seed = seed
+    (run / 'config.json').write_text(config.to_json())
+    (run / 'metrics.jsonl').write_text(json.dumps(
+        {'step': 20, 'train_loss': 0.5, 'tokens_per_sec': 100.0 + seed, 'eval_loss': 0.4,
+         'eval_accuracy': acc, 'eval_recall_by_pairs': {'8': acc}, 'elapsed_s': 5.0}) + '\n')
+    (run / 'summary.json').write_text('{}')
+  rows = sweep_lib.collect(str(tmp_path), 'recall_by_pairs')
+  assert [(r['num_latents'], r['seed']) for r in rows] == [(4, 0), (4, 1), (4, 2), (16, 0)]
+  merged = {g['num_latents']: g for g in sweep_lib.over_seeds(rows, 'eval_accuracy')}
+  assert merged[4]['values'] == [0.12, 0.72, 0.5] and merged[4]['seeds'] == [0, 1, 2]
+  assert (merged[4]['best'], merged[4]['median'], merged[16]['best']) == (0.72, 0.5, 0.99)
+  assert sweep_lib._better('eval_bits_per_byte') is min  # lower bits per byte is better
+  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'),
+                                 report={'metric': 'eval_accuracy', 'lines': 'recall_by_pairs'})
+  table = open(paths[0]).read()
+  assert '| seed |' in table
+  assert ('| causal_latent | 4 | 32 | 1,500 | 8 | 0.7200 | 0.5000 | '
+          '0.1200 (seed 0), 0.7200 (seed 1), 0.5000 (seed 2) |') in table, table
+  assert os.path.getsize(paths[2]) > 1000
+
+
 def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
   """compare.py's table: last and best periodic eval, eval.py's test result, examples seen."""
   from configs import listops_full, listops_m64
