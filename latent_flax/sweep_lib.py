@@ -205,9 +205,14 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         num_params=_num_params(config),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
         **compare_lib.run_costs(metrics),
-        done=is_done(run), step=metrics[-1]['step'])
+        done=is_done(run), step=metrics[-1]['step'],
+        curves={k: [(m['step'], m[k]) for m in evals if k in m] for k in METRICS})
     if lines == 'recall_by_pairs':
-      rows.extend({**row, 'line': int(p), 'eval_accuracy': a} for p, a in by_pairs.items())
+      rows.extend({**row, 'line': int(p), 'eval_accuracy': a,
+                   'curves': {'eval_accuracy': [(m['step'], m['eval_recall_by_pairs'][p])
+                                                for m in evals
+                                                if p in m.get('eval_recall_by_pairs', {})]}}
+                  for p, a in by_pairs.items())
     else:
       rows.append(row)
   return sorted(rows, key=lambda r: (r['attention'], str(type(r['line'])), r['line'],
@@ -237,14 +242,15 @@ def over_seeds(rows: list[dict], metric: str) -> list[dict]:
 
 def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
                  report: dict | None = None) -> list[str]:
-  """report.md, report.csv, <metric>_vs_m.png and tokens_per_sec_vs_m.png in out_dir."""
+  """report.md, report.csv, <metric>_vs_m.png, tokens_per_sec_vs_m.png, <metric>_vs_step.png."""
   report = {**DEFAULT_REPORT, **(report or {})}
   metric, lines_key = report['metric'], report['lines']
   line_name = 'pairs' if lines_key == 'recall_by_pairs' else lines_key.split('.')[-1]
   os.makedirs(out_dir, exist_ok=True)
   short = 'bpb' if metric == 'eval_bits_per_byte' else metric.replace('eval_', '')
   paths = [os.path.join(out_dir, n) for n in
-           ('report.md', 'report.csv', f'{short}_vs_m.png', 'tokens_per_sec_vs_m.png')]
+           ('report.md', 'report.csv', f'{short}_vs_m.png', 'tokens_per_sec_vs_m.png',
+            f'{short}_vs_step.png')]
   with open(paths[1], 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction='ignore')
     w.writeheader()
@@ -276,12 +282,53 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
                    f"{g['steps']:,} | {g['line']} | {g['best']:.4f} | {g['median']:.4f} | "
                    f"{each} |")
   lines += ['', f'![{METRICS[metric]} vs M]({os.path.basename(paths[2])})', '',
-            '![tokens per second vs M](tokens_per_sec_vs_m.png)', '']
+            '![tokens per second vs M](tokens_per_sec_vs_m.png)', '',
+            f'![{METRICS[metric]} during training]({os.path.basename(paths[4])})', '']
   with open(paths[0], 'w') as f:
     f.write('\n'.join(lines))
   _plot(rows, metric, METRICS[metric], paths[2], title, line_name)
   _plot(rows, 'tokens_per_sec', 'training tokens / s', paths[3], title, line_name)
+  _plot_curves(rows, metric, METRICS[metric], paths[4], title, line_name)
   return paths
+
+
+def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: str,
+                 line_name: str) -> None:
+  """The periodic eval of every run against the step: one panel per `line` value.
+
+  Colour is M (full attention black), line style is the seed, so runs still on a
+  plateau, or still improving at the last step, show at a glance.
+  """
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  groups = sorted({r['line'] for r in rows}, key=lambda v: (str(type(v)), v))
+  fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 3.8), squeeze=False,
+                           sharey=True)
+  ms = sorted({r['num_latents'] for r in rows if r['num_latents'] != ''})
+  cmap = plt.get_cmap('viridis')
+  color = {m: cmap(i / max(len(ms) - 1, 1) * 0.9) for i, m in enumerate(ms)}
+  seeds = sorted({r['seed'] for r in rows})
+  styles = dict(zip(seeds, ['-', '--', ':', '-.'] * 8))
+  for ax, line in zip(axes[0], groups):
+    for r in rows:
+      curve = r['curves'].get(metric, [])
+      if r['line'] != line or not curve:
+        continue
+      label = ('full' if r['attention'] == 'full' else f"M={r['num_latents']}") + (
+          f", chunk {r['chunk_size']}" if r['chunk_size'] else '') + (
+          f", seed {r['seed']}" if len(seeds) > 1 else '')
+      ax.plot(*zip(*curve), styles[r['seed']], color=color.get(r['num_latents'], 'k'),
+              marker='.', label=label)
+    ax.set_title(f'{line_name}={line}', fontsize=9)
+    ax.set_xlabel('training step')
+    ax.grid(True, alpha=0.3)
+  axes[0][0].set_ylabel(ylabel)
+  axes[0][-1].legend(fontsize=6, loc='center left', bbox_to_anchor=(1.02, 0.5))
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
 
 
 def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str,

@@ -125,9 +125,11 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
     config = mqar_config.get_config(f'm={m}')
     config.seed = seed
     (run / 'config.json').write_text(config.to_json())
-    (run / 'metrics.jsonl').write_text(json.dumps(
-        {'step': 20, 'train_loss': 0.5, 'tokens_per_sec': 100.0 + seed, 'eval_loss': 0.4,
-         'eval_accuracy': acc, 'eval_recall_by_pairs': {'8': acc}, 'elapsed_s': 5.0}) + '\n')
+    evals = [(10, 0.1), (20, acc)]  # the report takes the last; the curve shows both
+    (run / 'metrics.jsonl').write_text(''.join(json.dumps(
+        {'step': step, 'train_loss': 0.5, 'tokens_per_sec': 100.0 + seed, 'eval_loss': 0.4,
+         'eval_accuracy': a, 'eval_recall_by_pairs': {'8': a}, 'elapsed_s': 5.0}) + '\n'
+        for step, a in evals))
     (run / 'summary.json').write_text('{}')
   rows = sweep_lib.collect(str(tmp_path), 'recall_by_pairs')
   assert [(r['num_latents'], r['seed']) for r in rows] == [(4, 0), (4, 1), (4, 2), (16, 0)]
@@ -142,6 +144,9 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
   assert ('| causal_latent | 4 | 32 | 1,500 | 8 | 0.7200 | 0.5000 | '
           '0.1200 (seed 0), 0.7200 (seed 1), 0.5000 (seed 2) |') in table, table
   assert os.path.getsize(paths[2]) > 1000
+  # The periodic evals of each run, per test set, drawn against the step.
+  assert rows[1]['curves']['eval_accuracy'] == [(10, 0.1), (20, 0.72)]
+  assert os.path.basename(paths[4]) == 'accuracy_vs_step.png' and os.path.getsize(paths[4]) > 1000
 
 
 def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
