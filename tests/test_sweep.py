@@ -1,6 +1,7 @@
 """Sweeps: run, interrupt, resume, skip finished points, report; printed commands parse back."""
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -185,3 +186,27 @@ def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
   assert all(os.path.getsize(p) > 1000 for p in paths[1:])
   with pytest.raises(ValueError, match='has no config.json'):
     compare_lib.summarize(str(tmp_path / 'out'))
+
+
+@pytest.mark.parametrize('path', sorted(
+    os.path.join('configs', f) for f in os.listdir('configs') if f.startswith('sweep_')))
+def test_every_point_of_every_shipped_sweep_is_a_valid_config(path):
+  """A typo or an impossible value in a sweep fails here, not hours into the sweep."""
+  from latent_flax import config_lib
+  sweep = sweep_lib.load_sweep(path)
+  spec = importlib.util.spec_from_file_location('_base', sweep.base)
+  base = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(base)
+  names = set()
+  for point in sweep.points:
+    config = base.get_config()
+    for dotted, value in {**sweep.common, **point}.items():
+      *parents, leaf = dotted.split('.')
+      node = config
+      for part in parents:
+        node = node[part]
+      assert leaf in node, f"{path}: {dotted} is not a config field"
+      node[leaf] = value
+    config_lib.validate_config(config)
+    names.add(sweep_lib.point_name(point))
+  assert len(names) == len(sweep.points), f"{path}: two points share a workdir"
