@@ -3,8 +3,8 @@
     python sweep.py --sweep=configs/sweep_mqar_len256.py --workdir=runs/sweep_mqar_len256
     python sweep.py --sweep=configs/sweep_mqar_len256.py --workdir=runs/sweep_mqar_len256 --report
 
-The same data recipe and training as sweep_mqar_seeds.py (vocabulary 32; 4, 8 and
-12 pairs) at four times the length, chunk 32 (8 chunks, as the issue's 256-token
+The same data recipe and training as sweep_mqar_seeds.py (vocabulary 32; 2, 4, 8
+and 12 pairs) at four times the length, chunk 32 (8 chunks, as the issue's 256-token
 set-up), M in {4, 16} from two seeds each, full attention as the reference. The
 pairs sit at the start, so most queries now read the facts through latents
 summarising up to 7 chunks. About 12 minutes per latent run here.
