@@ -18,8 +18,8 @@ import importlib.util
 import os
 import shlex
 import signal
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any
