@@ -110,8 +110,7 @@ def main() -> None:
       shown = (f"{rec['seconds']*1e3:9.1f} ms  peak {rec['peak_rss_mb']/1024:6.2f} GiB"
                if rec['status'] == 'ok' else rec['status'])
       print(f"{kind:14s} M={m:<4d} N={n:<6d} {shown}", flush=True)
-      common.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
-                                             'records': records})
+      common.write_records(args, records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and {args.out}.png")
 

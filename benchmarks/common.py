@@ -74,6 +74,12 @@ def write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
+def write_records(args, records: list[dict]) -> None:
+  """<args.out>.json: the script's arguments, this machine and the records so far."""
+  write_json(args.out + '.json',
+             {'config': vars(args), 'machine': machine_info(), 'records': records})
+
+
 def style_log_axes(ax, xlabel: str, ylabel: str, *, log_y: bool = True) -> None:
   """Log2 x axis (lengths), optionally log y, grid and legend: every benchmark plot."""
   ax.set_xscale('log', base=2)

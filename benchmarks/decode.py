@@ -108,8 +108,7 @@ def main() -> None:
       print(f"{kind:14s} context {length:6d}: {rec['ms_per_token']:7.2f} ms/token "
             f"({rec['tokens_per_s']:7.1f} tokens/s), state {rec['state_mib']:8.2f} MiB "
             f"[{rec['state']}]", flush=True)
-      common.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
-                                             'records': records})
+      common.write_records(args, records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and {args.out}.png")
 

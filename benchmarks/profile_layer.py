@@ -138,8 +138,7 @@ def main() -> None:
                        for name, ms in r['by_category_ms'].items())
     print(f"{kind:14s} wall {r['wall_ms']:7.1f} ms  {r['gflop']:.1f} GFLOP  ({shares})",
           flush=True)
-  common.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
-                                         'records': records})
+  common.write_records(args, records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and {args.out}.png")
 

@@ -156,8 +156,7 @@ def main() -> None:
                f"(matmul peak {rec['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)"
                if rec['status'] == 'ok' else rec['status'])
       print(f"{kind:14s} N={n:<6d} {shown}", flush=True)
-      common.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
-                                             'records': records})
+      common.write_records(args, records)
   title = (f"LM train step, D={args.width}, H={args.heads}, {args.layers} layers, "
            f"M={args.num_latents}, C={args.chunk}, batch 1, CPU")
   plot(records, args.out + '.png', title)
