@@ -4,7 +4,8 @@
 
 causal_latent (M in {16, 64, 256}) and full causal attention at D=256, H=4, C=128,
 batch 1. Each point runs in its own process, so an out-of-memory is recorded as
-such and peak memory (peak RSS of that process) is not shared between points.
+such and peak memory is not shared between points: the process's peak RSS on CPU,
+the allocator's peak on a GPU or TPU (`device_peak_mb`).
 Writes <out>.json and <out>.png (time vs N and memory vs N, log-log).
 """
 
@@ -48,7 +49,8 @@ def measure_one(kind: str, num_latents: int, n: int, width: int, heads: int, chu
   first, median = common.time_fn(lambda: fwd_bwd(params, x))
   return {'status': 'ok', 'kind': kind, 'num_latents': num_latents, 'n': n,
           'seconds': median, 'first_call_seconds': first, 'peak_rss_mb': common.peak_rss_mb(),
-          'rss_before_mb': base_mb, 'tokens_per_sec': n / median}
+          'device_peak_mb': common.device_peak_mb(), 'rss_before_mb': base_mb,
+          'tokens_per_sec': n / median, 'platform': jax.devices()[0].platform}
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -61,11 +63,11 @@ def plot(records: list[dict], path: str) -> None:
     pts = [r for r in records if r['kind'] == kind and r['num_latents'] == m and r['status'] == 'ok']
     if pts:
       ax_t.plot([r['n'] for r in pts], [r['seconds'] for r in pts], 'o-', label=label)
-      ax_m.plot([r['n'] for r in pts], [r['peak_rss_mb'] / 1024 for r in pts], 'o-', label=label)
+      ax_m.plot([r['n'] for r in pts], [common.peak_mb(r) / 1024 for r in pts], 'o-', label=label)
     for r in records:
       if r['kind'] == kind and r['num_latents'] == m and r['status'] != 'ok':
         ax_t.annotate(r['status'].upper(), (r['n'], ax_t.get_ylim()[1] if pts else 1), fontsize=7)
-  for ax, ylabel in ((ax_t, 'forward+backward seconds'), (ax_m, 'peak process memory (GiB)')):
+  for ax, ylabel in ((ax_t, 'forward+backward seconds'), (ax_m, common.memory_label(records))):
     common.style_log_axes(ax, 'sequence length N', ylabel)
   common.save_figure(
       fig, 'One attention layer, D=256, H=4, C=128, batch 1 (missing points: out of memory)', path)
@@ -107,7 +109,7 @@ def main() -> None:
       rec.update(kind=kind, num_latents=m, n=n)
       failed = rec['status'] != 'ok'
       records.append(rec)
-      shown = (f"{rec['seconds']*1e3:9.1f} ms  peak {rec['peak_rss_mb']/1024:6.2f} GiB"
+      shown = (f"{rec['seconds']*1e3:9.1f} ms  peak {common.peak_mb(rec)/1024:6.2f} GiB"
                if rec['status'] == 'ok' else rec['status'])
       print(f"{kind:14s} M={m:<4d} N={n:<6d} {shown}", flush=True)
       common.write_records(args, records)

@@ -19,6 +19,24 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def device_peak_mb() -> float | None:
+  """Peak memory the accelerator's allocator has handed out so far, in MiB; None on CPU."""
+  stats = jax.local_devices()[0].memory_stats()
+  if not stats or 'peak_bytes_in_use' not in stats:
+    return None
+  return stats['peak_bytes_in_use'] / 2**20
+
+
+def peak_mb(record: dict) -> float:
+  """The memory figure a plot shows: device peak on an accelerator, else peak RSS."""
+  return record.get('device_peak_mb') or record['peak_rss_mb']
+
+
+def memory_label(records: list[dict]) -> str:
+  on_device = any(r.get('device_peak_mb') for r in records)
+  return 'peak device memory (GiB)' if on_device else 'peak process memory (GiB)'
+
+
 def time_fn(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
   """(compile+first-run seconds, median seconds of `repeats` further runs)."""
   t0 = time.perf_counter()

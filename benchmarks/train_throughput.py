@@ -49,10 +49,10 @@ def forward_flops(kind: str, n: int, d: int, mlp: int, layers: int, m: int, c: i
   return layers * per_layer + 2 * n * d * vocab
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype: str = 'float32') -> float:
   import jax
   import jax.numpy as jnp
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
   dot = jax.jit(lambda a, b: a @ b)
   _, seconds = common.time_fn(lambda: dot(a, a), repeats)
   return 2 * size ** 3 / seconds
@@ -67,9 +67,9 @@ def measure_one(kind: str, n: int, args) -> dict:
   from latent_flax import model as model_lib
   from latent_flax import train_lib
 
-  peak = matmul_peak_flops()
+  peak = matmul_peak_flops(2048 if jax.devices()[0].platform == 'cpu' else 8192, dtype=args.dtype)
   config = base.get_config()
-  config.model.update(attention=kind, num_latents=args.num_latents, chunk_size=args.chunk,
+  config.model.update(dtype=args.dtype, attention=kind, num_latents=args.num_latents, chunk_size=args.chunk,
                       emb_dim=args.width, num_heads=args.heads, mlp_dim=args.mlp,
                       num_layers=args.layers, remat=args.remat)
   config.data.seq_len = n
@@ -96,7 +96,8 @@ def measure_one(kind: str, n: int, args) -> dict:
                                   args.chunk)
   return {'status': 'ok', 'kind': kind, 'n': n, 'seconds_per_step': seconds,
           'first_call_seconds': first, 'tokens_per_sec': n / seconds,
-          'peak_rss_mb': common.peak_rss_mb(), 'model_flops_per_step': model_flops,
+          'peak_rss_mb': common.peak_rss_mb(), 'device_peak_mb': common.device_peak_mb(),
+          'platform': jax.devices()[0].platform, 'model_flops_per_step': model_flops,
           'xla_flops_per_step': float(cost.get('flops', float('nan'))),
           'matmul_peak_flops': peak, 'mfu': model_flops / seconds / peak}
 
@@ -108,10 +109,11 @@ def plot(records: list[dict], path: str, title: str) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
   for kind in KINDS:
     pts = [r for r in records if r['kind'] == kind and r['status'] == 'ok']
-    for ax, key, scale in zip(axes, ('tokens_per_sec', 'peak_rss_mb', 'mfu'), (1, 1 / 1024, 100)):
+    for ax, value in zip(axes, (lambda r: r['tokens_per_sec'], lambda r: common.peak_mb(r) / 1024,
+                                lambda r: 100 * r['mfu'])):
       if pts:
-        ax.plot([r['n'] for r in pts], [r[key] * scale for r in pts], 'o-', label=kind)
-  for ax, ylabel in zip(axes, ('training tokens / s', 'peak process memory (GiB)',
+        ax.plot([r['n'] for r in pts], [value(r) for r in pts], 'o-', label=kind)
+  for ax, ylabel in zip(axes, ('training tokens / s', common.memory_label(records),
                                'model FLOPs utilisation (%)')):
     common.style_log_axes(ax, 'sequence length N (batch 1)', ylabel,
                           log_y=ylabel != 'model FLOPs utilisation (%)')
@@ -129,6 +131,7 @@ def main() -> None:
   ap.add_argument('--layers', type=int, default=4)
   ap.add_argument('--num_latents', type=int, default=64)
   ap.add_argument('--chunk', type=int, default=128)
+  ap.add_argument('--dtype', default='float32', help="compute dtype: 'float32' or 'bfloat16'")
   ap.add_argument('--remat', action='store_true', help='recompute blocks in the backward pass')
   ap.add_argument('--timeout_s', type=float, default=1200)
   ap.add_argument('--one', nargs=2, metavar=('KIND', 'N'), help=argparse.SUPPRESS)
@@ -138,7 +141,7 @@ def main() -> None:
     return
   passthrough = ['--width', str(args.width), '--heads', str(args.heads), '--mlp', str(args.mlp),
                  '--layers', str(args.layers), '--num_latents', str(args.num_latents),
-                 '--chunk', str(args.chunk)] + (['--remat'] if args.remat else [])
+                 '--chunk', str(args.chunk), '--dtype', args.dtype] + (['--remat'] if args.remat else [])
   records = []
   for kind in args.kinds.split(','):
     failed = False
@@ -152,13 +155,14 @@ def main() -> None:
       failed = rec['status'] != 'ok'
       records.append(rec)
       shown = (f"{rec['tokens_per_sec']:9,.0f} tokens/s  {rec['seconds_per_step']:7.2f} s/step  "
-               f"peak {rec['peak_rss_mb'] / 1024:5.2f} GiB  MFU {100 * rec['mfu']:4.1f}% "
+               f"peak {common.peak_mb(rec) / 1024:5.2f} GiB  MFU {100 * rec['mfu']:4.1f}% "
                f"(matmul peak {rec['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)"
                if rec['status'] == 'ok' else rec['status'])
       print(f"{kind:14s} N={n:<6d} {shown}", flush=True)
       common.write_records(args, records)
   title = (f"LM train step, D={args.width}, H={args.heads}, {args.layers} layers, "
-           f"M={args.num_latents}, C={args.chunk}, batch 1, CPU")
+           f"M={args.num_latents}, C={args.chunk}, batch 1, {args.dtype}, "
+           f"{common.jax.devices()[0].device_kind}")
   plot(records, args.out + '.png', title)
   print(f"wrote {args.out}.json and {args.out}.png")
 
