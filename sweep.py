@@ -3,6 +3,8 @@
     python sweep.py --sweep=configs/sweep_quick.py --workdir=runs/sweep_quick
     python sweep.py --sweep=configs/sweep_m_heads.py --workdir=/shared/sweep --print_commands
     python sweep.py --sweep=configs/sweep_m_heads.py --workdir=/shared/sweep --report
+    python sweep.py --sweep=configs/sweep_mqar_short.py --workdir=runs/sweep_mqar_short --report \
+        --report_lines=recall_across_chunks_by_pairs --report_dir=runs/sweep_mqar_short/across
 """
 
 import sys
@@ -17,6 +19,9 @@ _PRINT = flags.DEFINE_bool("print_commands", False,
                            "Print one train.py command per point instead of running.")
 _REPORT = flags.DEFINE_bool("report", False, "Only write the report of what has run so far.")
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where the report goes (default: workdir).")
+_REPORT_LINES = flags.DEFINE_string(
+    "report_lines", None, "Overrides REPORT['lines'], e.g. recall_across_chunks_by_pairs "
+    "(MQAR: recall of answers whose pair lies in an earlier chunk).")
 flags.mark_flags_as_required(["sweep", "workdir"])
 
 
@@ -30,11 +35,13 @@ def main(argv):
     finished = True
     if not _REPORT.value:
       finished = sweep_lib.run_sweep(sweep, _WORKDIR.value)
-    rows = sweep_lib.collect(_WORKDIR.value, sweep.report['lines'])
+    report = {**sweep.report, 'lines': _REPORT_LINES.value or sweep.report['lines']}
+    rows = sweep_lib.collect(_WORKDIR.value, report['lines'])
     if not rows:
-      raise ValueError(f"{_WORKDIR.value} holds no runs yet; run the sweep first.")
+      raise ValueError(f"{_WORKDIR.value} holds no runs yet (with {report['lines']!r}); "
+                       "run the sweep first.")
     paths = sweep_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
-                                   title=f"Sweep {_SWEEP.value}", report=sweep.report)
+                                   title=f"Sweep {_SWEEP.value}", report=report)
   except ValueError as e:
     print(f"sweep.py: {e}", file=sys.stderr)
     sys.exit(2)

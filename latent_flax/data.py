@@ -331,6 +331,16 @@ def recall_probe_sets(data_config) -> dict[int, Examples]:
           for p in mqar.parse_mix(data_config.eval_pairs, data_config.num_kv_pairs)}
 
 
+def across_chunk_sets(probes: dict[int, Examples], chunk_size: int) -> dict[int, Examples]:
+  """The probe sets weighted only at answers across chunks (mqar.across_chunks).
+
+  Sets where no answer crosses a chunk boundary (chunk_size >= the length) are left out.
+  """
+  from latent_flax import mqar
+  sets = {p: Examples(mqar.across_chunks(ex.arrays, chunk_size)) for p, ex in probes.items()}
+  return {p: ex for p, ex in sets.items() if ex.arrays['weights'].any()}
+
+
 def _mqar_test_set(data_config, pairs: int) -> Examples:
   """The fixed MQAR test set with `pairs` pairs (generate() caches it: one array per set)."""
   from latent_flax import mqar

@@ -62,7 +62,9 @@ def evaluate_checkpoint(workdir: str, step: int | None = None,
   """Restores `step` (default: latest) from workdir, evaluates `split`, writes its JSON.
 
   The JSON is workdir/eval_step_<S>.json for the validation split and
-  eval_<split>_step_<S>.json for another. MQAR results also carry `recall_accuracy`.
+  eval_<split>_step_<S>.json for another. MQAR results also carry `recall_accuracy`,
+  `recall_by_pairs` and `recall_across_chunks_by_pairs` (answers whose pair lies in an
+  earlier chunk of config.model.chunk_size, with their count).
   """
   config = workdir_config(workdir, config)
   windows = data_lib.load_windows(config.data, split)  # a bad split fails before restoring
@@ -70,8 +72,9 @@ def evaluate_checkpoint(workdir: str, step: int | None = None,
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
   probes = data_lib.recall_probe_sets(config.data) if split != 'train' else {}
+  across = data_lib.across_chunk_sets(probes, config.model.chunk_size)
   result = train_lib.evaluate(restored.parallel, restored.state.params, windows, global_batch, n,
-                              probes)
+                              probes, across)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
   if config.data.name == 'mqar':
     result['recall_accuracy'] = result['accuracy']

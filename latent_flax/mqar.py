@@ -16,6 +16,10 @@ equally among those counts. The test set has num_kv_pairs pairs; `eval_pairs`
 ('8,16,32') adds test sets with those counts, so one run gives recall against
 the number of facts.
 
+`across_chunks` keeps the loss weight only at answers whose pair lies in an earlier
+chunk than the query: for causal_latent those answers can come only through the
+latents, the rest also from exact attention inside the chunk.
+
 The train and test sets are fixed: example i of a split is the same for every run
 with the same (vocab_size, seq_len, num_kv_pairs, seed); train and test use
 different random streams of that seed.
@@ -82,3 +86,20 @@ def generate(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int
   weights = np.zeros((E, seq_len), np.float32)
   weights[rows, query_pos] = 1.0
   return {'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
+def across_chunks(arrays: dict[str, np.ndarray], chunk_size: int) -> dict[str, np.ndarray]:
+  """The same examples, weighted only at answers whose pair sits in an earlier chunk.
+
+  With chunks of `chunk_size` tokens, query t for key k (its pair at 2i, 2i+1) is kept
+  when (2i) // chunk_size < t // chunk_size: a causal_latent block can answer it only
+  through the latents. Every example of a generated set has the same number of pairs.
+  """
+  inputs, weights = arrays['inputs'], arrays['weights']
+  pairs = int(round(weights[0].sum()))
+  keys_EP = inputs[:, 0:2 * pairs:2]
+  # Keys are distinct within an example: the first match is the pair's index.
+  pair_pos_EN = 2 * np.argmax(inputs[:, :, None] == keys_EP[:, None, :], axis=2)
+  chunk_N = np.arange(inputs.shape[1]) // chunk_size
+  crosses_EN = pair_pos_EN // chunk_size < chunk_N[None, :]
+  return {**arrays, 'weights': np.where(crosses_EN, weights, 0.0).astype(weights.dtype)}

@@ -40,6 +40,8 @@ _SHORT = {'model.attention': 'attn', 'model.num_latents': 'm', 'model.num_heads'
 METRICS = {'eval_bits_per_byte': 'eval bits per byte (lower is better)',
            'eval_accuracy': 'eval accuracy (higher is better)'}
 DEFAULT_REPORT = {'metric': 'eval_bits_per_byte', 'lines': 'model.num_heads'}
+# MQAR: one line per test set's number of pairs, all answers or only those across chunks.
+RECALL_LINES = ('recall_by_pairs', 'recall_across_chunks_by_pairs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +178,8 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
   `line` in each row is the run's value of the config field `lines` (e.g.
   'model.num_heads'): the report draws one line per value. lines='recall_by_pairs'
   (MQAR) instead gives one row per test set a run was evaluated on, with
-  eval_accuracy that set's recall and `line` its number of pairs.
+  eval_accuracy that set's recall and `line` its number of pairs;
+  lines='recall_across_chunks_by_pairs' the same for answers across chunks only.
   """
   rows = []
   for name in sorted(os.listdir(workdir)):
@@ -190,11 +193,11 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
     last = evals[-1] if evals else {}
     bpb = last.get('eval_bits_per_byte', float('nan'))
     accuracy = last.get('eval_accuracy', float('nan'))
-    by_pairs = last.get('eval_recall_by_pairs', {})
+    by_pairs = last.get(f'eval_{lines}', {}) if lines in RECALL_LINES else {}
     full = compare_lib.latest_eval_json(run, 'validation')  # eval.py's fuller evaluation
     if full is not None and evals and full['step'] == last['step']:
       bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
-      by_pairs = full.get('recall_by_pairs', by_pairs)
+      by_pairs = full.get(lines, by_pairs)
     latent = config.model.attention != 'full'
     row = dict(
         run=name, attention=config.model.attention,
@@ -207,11 +210,11 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         **compare_lib.run_costs(metrics),
         done=is_done(run), step=metrics[-1]['step'],
         curves={k: [(m['step'], m[k]) for m in evals if k in m] for k in METRICS})
-    if lines == 'recall_by_pairs':
+    if lines in RECALL_LINES:
       rows.extend({**row, 'line': int(p), 'eval_accuracy': a,
-                   'curves': {'eval_accuracy': [(m['step'], m['eval_recall_by_pairs'][p])
+                   'curves': {'eval_accuracy': [(m['step'], m[f'eval_{lines}'][p])
                                                 for m in evals
-                                                if p in m.get('eval_recall_by_pairs', {})]}}
+                                                if p in m.get(f'eval_{lines}', {})]}}
                   for p, a in by_pairs.items())
     else:
       rows.append(row)
@@ -245,7 +248,7 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
   """report.md, report.csv, <metric>_vs_m.png, tokens_per_sec_vs_m.png, <metric>_vs_step.png."""
   report = {**DEFAULT_REPORT, **(report or {})}
   metric, lines_key = report['metric'], report['lines']
-  line_name = 'pairs' if lines_key == 'recall_by_pairs' else lines_key.split('.')[-1]
+  line_name = 'pairs' if lines_key in RECALL_LINES else lines_key.split('.')[-1]
   os.makedirs(out_dir, exist_ok=True)
   short = 'bpb' if metric == 'eval_bits_per_byte' else metric.replace('eval_', '')
   paths = [os.path.join(out_dir, n) for n in

@@ -275,10 +275,13 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState, where: s
 
 def evaluate(parallel: Parallel, params, windows: data_lib.Windows | data_lib.Examples,
              global_batch: int, num_batches: int | None,
-             probes: dict[int, data_lib.Examples] | None = None) -> dict:
+             probes: dict[int, data_lib.Examples] | None = None,
+             across: dict[int, data_lib.Examples] | None = None) -> dict:
   """Loss and accuracy over the weighted targets; for LM also bits/byte, by position.
 
-  `probes` (MQAR test sets by pair count) add `recall_by_pairs`: {pairs: accuracy}.
+  `probes` (MQAR test sets by pair count) add `recall_by_pairs`: {pairs: accuracy};
+  `across` (the same sets weighted only at answers across chunks) adds
+  `recall_across_chunks_by_pairs` and `answers_across_chunks_by_pairs` (their count).
   """
   result = _evaluate_one(parallel, params, windows, global_batch, num_batches)
   if probes:
@@ -287,6 +290,11 @@ def evaluate(parallel: Parallel, params, windows: data_lib.Windows | data_lib.Ex
         str(p): result['accuracy'] if ex.arrays is main else
         _evaluate_one(parallel, params, ex, global_batch, num_batches)['accuracy']
         for p, ex in probes.items()}
+  if across:
+    ones = {str(p): _evaluate_one(parallel, params, ex, global_batch, num_batches)
+            for p, ex in across.items()}
+    result['recall_across_chunks_by_pairs'] = {p: r['accuracy'] for p, r in ones.items()}
+    result['answers_across_chunks_by_pairs'] = {p: r['tokens'] for p, r in ones.items()}
   return result
 
 
@@ -391,6 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_windows = data_lib.load_windows(config.data, 'train')
   eval_windows = data_lib.load_windows(config.data, 'validation')
   probes = data_lib.recall_probe_sets(config.data)
+  across = data_lib.across_chunk_sets(probes, config.model.chunk_size)
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
@@ -493,12 +502,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               flush=True)
       if is_eval:
         ev = evaluate(parallel, state.params, eval_windows, global_batch,
-                      config.num_eval_steps, probes)
+                      config.num_eval_steps, probes, across)
         record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'])
-        if 'recall_by_pairs' in ev:
-          record['eval_recall_by_pairs'] = ev['recall_by_pairs']
-          say(f"step {step:6d}  recall by pairs "
-              + '  '.join(f"{p}: {a:.4f}" for p, a in ev['recall_by_pairs'].items()), flush=True)
+        for key, label in (('recall_by_pairs', 'recall by pairs'),
+                           ('recall_across_chunks_by_pairs', 'across chunks')):
+          if key in ev:
+            record[f'eval_{key}'] = ev[key]
+            say(f"step {step:6d}  {label} "
+                + '  '.join(f"{p}: {a:.4f}" for p, a in ev[key].items()), flush=True)
         if 'bits_per_byte' in ev:
           record['eval_bits_per_byte'] = ev['bits_per_byte']
         say(f"step {step:6d}  eval loss {ev['loss']:.4f}  {eval_label} {ev['accuracy']:.4f}"

@@ -114,6 +114,22 @@ def test_accuracy_report_draws_one_line_per_pair_count(tmp_path):
   table = open(paths[0]).read()
   assert '| pairs |' in table and '| eval accuracy |' in table
   assert table.count('| causal_latent |') == 4 and '| 0.7000 |' in table
+  # Runs without the across-chunk recall give no rows for it.
+  assert sweep_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs') == []
+
+
+def test_across_chunk_recall_is_reported_per_pair_count(tmp_path):
+  from configs import mqar as mqar_config
+  run = tmp_path / 'm4'
+  run.mkdir()
+  (run / 'config.json').write_text(mqar_config.get_config('m=4').to_json())
+  evals = [{'step': s, 'eval_loss': 0.4, 'eval_accuracy': a, 'eval_recall_by_pairs': {'8': a},
+            'eval_recall_across_chunks_by_pairs': {'8': a / 2}, 'train_loss': 0.5,
+            'tokens_per_sec': 100.0} for s, a in ((10, 0.2), (20, 0.8))]
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in evals))
+  rows = sweep_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs')
+  assert [(r['line'], r['eval_accuracy']) for r in rows] == [(8, 0.4)]
+  assert rows[0]['curves']['eval_accuracy'] == [(10, 0.1), (20, 0.4)]
 
 
 def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):

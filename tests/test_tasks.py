@@ -47,6 +47,22 @@ def test_mqar_follows_the_definition():
   assert hist[:slots // 4].sum() > 1.5 * hist[-(slots // 4):].sum()
 
 
+@pytest.mark.parametrize('chunk', [3, 8, 16, 200])
+def test_mqar_across_chunks_keeps_answers_whose_pair_is_in_an_earlier_chunk(chunk):
+  d = mqar.generate(50, 64, 6, 32, 0, 'test')
+  kept = mqar.across_chunks(d, chunk)
+  assert kept['inputs'] is d['inputs'] and kept['targets'] is d['targets']
+  expected = np.zeros_like(d['weights'])
+  for e, (x, w) in enumerate(zip(d['inputs'], d['weights'])):
+    for t in np.flatnonzero(w):
+      pair = list(x[0:12:2]).index(x[t])  # the queried key's index among the pairs
+      expected[e, t] = float((2 * pair) // chunk < t // chunk)
+  np.testing.assert_array_equal(kept['weights'], expected)
+  assert (expected.sum() == 0) == (chunk >= 64)
+  sets = data_lib.across_chunk_sets({6: data_lib.Examples(d)}, chunk)
+  assert list(sets) == ([] if chunk >= 64 else [6])
+
+
 def test_mqar_sets_are_fixed_and_distinct():
   a = mqar.generate.__wrapped__(50, 64, 8, 64, 3, 'train')
   b = mqar.generate.__wrapped__(50, 64, 8, 64, 3, 'train')
@@ -298,6 +314,12 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   assert result['recall_accuracy'] == result['accuracy'] == pytest.approx(final['eval_accuracy'])
   assert set(result['recall_by_pairs']) == {'2', '4'}
   assert result['recall_by_pairs']['4'] == pytest.approx(result['accuracy'])
+  # Chunk 8: 4 pairs fill chunk 0, so every answer is across chunks; 2 pairs leave
+  # some queries inside chunk 0.
+  assert result['answers_across_chunks_by_pairs']['4'] == 20 * 4
+  assert 0 < result['answers_across_chunks_by_pairs']['2'] < 20 * 2
+  assert result['recall_across_chunks_by_pairs']['4'] == pytest.approx(result['accuracy'])
+  assert set(final['eval_recall_across_chunks_by_pairs']) == {'2', '4'}
   restored = eval_lib.restore_checkpoint(workdir, config)
   expected = _accuracy_by_hand(config_lib.build_model(config), restored.state.params,
                                data_lib.load_windows(config.data, 'test'))
