@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import listops_baselines
+from benchmarks import listops_baselines, mqar_slots
 from configs import listops_m64, mqar as mqar_config
 from latent_flax import config_lib, eval_lib, listops, mqar, train_lib
 from latent_flax import data as data_lib
@@ -61,6 +61,26 @@ def test_mqar_across_chunks_keeps_answers_whose_pair_is_in_an_earlier_chunk(chun
   assert (expected.sum() == 0) == (chunk >= 64)
   sets = data_lib.across_chunk_sets({6: data_lib.Examples(d)}, chunk)
   assert list(sets) == ([] if chunk >= 64 else [6])
+
+
+def test_slot_statistics_find_held_pairs_and_content_preferences():
+  """Slot 0 takes the pair with the largest value, slot 1 spreads thin: held and predicted."""
+  rng = np.random.default_rng(0)
+  B, P, C = 200, 2, 8
+  keys = np.stack([rng.permutation(np.arange(1, 4))[:P] for _ in range(B)])
+  values = np.stack([rng.permutation(np.arange(4, 8))[:P] for _ in range(B)])
+  attn = np.full((B, 1, 2, C), 1.0 / C)  # [B, H, M, C]
+  attn[:, 0, 0] = 0.0
+  winner = values.argmax(1)
+  attn[np.arange(B), 0, 0, 2 * winner + 1] = 1.0  # all of slot 0 on the winner's value
+  stats = mqar_slots.slot_statistics(attn, keys, values, 8)
+  expected_held = np.zeros((B, P), bool)
+  expected_held[np.arange(B), winner] = True  # slot 1 gives each pair 2/8 < HOLD
+  np.testing.assert_array_equal(stats['held_BP'], expected_held)
+  assert stats['slots_holding_a_pair'] == 0.5
+  assert stats['slot_predictability_pair'] == 1.0  # larger value, more attention
+  assert stats['slot_predictability_key'] < 0.8  # keys carry no information here
+  assert stats['chance_predictability'] == 0.5
 
 
 def test_mqar_sets_are_fixed_and_distinct():
@@ -324,3 +344,10 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   expected = _accuracy_by_hand(config_lib.build_model(config), restored.state.params,
                                data_lib.load_windows(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))
+  # The slot analysis reads the same checkpoint and test set: same recall.
+  saved, pairs = mqar_slots.check(workdir, None)
+  slots = mqar_slots.analyse(workdir, saved, pairs, 20)
+  assert slots['recall'] == pytest.approx(result['accuracy'])
+  assert len(slots['layers']) == 1 and 0.0 <= slots['any_layer']['pairs_held'] <= 1.0
+  with pytest.raises(ValueError, match='--pairs=5 needs 10 tokens'):
+    mqar_slots.check(workdir, 5)
