@@ -14,8 +14,8 @@ compression S_0 on the run's fixed test set, with the pairs filling that chunk
   second half (`slot_predictability_key`, `slot_predictability_pair`);
 - whether recall follows: accuracy at the queries whose pair is held by some slot
   against those whose pair no slot holds.
-Writes <out>.json and <out>.png (recall of held and unheld pairs; the slots' mean
-attention to each key).
+Writes <out>.json and <out>.png (recall of held and unheld pairs; each slot's mean
+attention to each key and value token).
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ def slot_statistics(attn_BHMC: np.ndarray, keys_BP: np.ndarray, values_BP: np.nd
 
   return {'held_BP': held_BP, 'pref_SV': pref_SV,
           'slots_holding_a_pair': float(holds_BS.mean()),
+          # How many different tokens the slots prefer most: a slot latched onto one
+          # token holds that token's pair whenever it is present.
+          'distinct_favourite_tokens': int(len(set(pref_SV.argmax(1)))),
           'slot_predictability_key': predictability(key_pref_BSP),
           'slot_predictability_pair': predictability(pair_pref_BSP),
           'chance_predictability': 1.0 / P}
@@ -139,7 +142,7 @@ def analyse(workdir: str, config, pairs: int, num_examples: int) -> dict:
     stats = slot_statistics(attn, keys_BP, inputs[:, 1:2 * pairs:2], d.vocab_size)
     held = stats.pop('held_BP')[b_idx, pair_of_query]
     held_any |= held
-    pref = stats.pop('pref_SV')[:, 1:d.vocab_size // 2]  # the keys
+    pref = stats.pop('pref_SV')[:, 1:]  # keys 1 .. V/2-1, then values
     result['layers'].append({'layer': l, **stats, **split(held), '_pref': pref})
   result['any_layer'] = split(held_any)
   return result
@@ -166,9 +169,10 @@ def plot(result: dict, path: str) -> None:
   for ax, l in zip(axes[1:], layers):
     im = ax.imshow(l['_pref'], aspect='auto', cmap='viridis', extent=(
         0.5, l['_pref'].shape[1] + 0.5, l['_pref'].shape[0] - 0.5, -0.5))
-    ax.set_xlabel('key')
+    ax.axvline(result['num_keys'] + 0.5, color='white', lw=1)
+    ax.set_xlabel(f"token: keys 1-{result['num_keys']} | values")
     ax.set_ylabel('slot (head x latent)')
-    ax.set_title(f"layer {l['layer']}: mean attention to each key's pair\n"
+    ax.set_title(f"layer {l['layer']}: mean attention to each token\n"
                  f"preferences predict the held pair {l['slot_predictability_pair']:.0%} "
                  f"(chance {l['chance_predictability']:.0%})", fontsize=8)
     fig.colorbar(im, ax=ax)
