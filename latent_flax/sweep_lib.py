@@ -249,6 +249,8 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
   report = {**DEFAULT_REPORT, **(report or {})}
   metric, lines_key = report['metric'], report['lines']
   line_name = 'pairs' if lines_key in RECALL_LINES else lines_key.split('.')[-1]
+  if lines_key == 'recall_across_chunks_by_pairs':
+    title += ': recall of the answers across chunks'
   os.makedirs(out_dir, exist_ok=True)
   short = 'bpb' if metric == 'eval_bits_per_byte' else metric.replace('eval_', '')
   paths = [os.path.join(out_dir, n) for n in

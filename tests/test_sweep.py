@@ -130,6 +130,9 @@ def test_across_chunk_recall_is_reported_per_pair_count(tmp_path):
   rows = sweep_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs')
   assert [(r['line'], r['eval_accuracy']) for r in rows] == [(8, 0.4)]
   assert rows[0]['curves']['eval_accuracy'] == [(10, 0.1), (20, 0.4)]
+  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'), title='Sweep x', report={
+      'metric': 'eval_accuracy', 'lines': 'recall_across_chunks_by_pairs'})
+  assert open(paths[0]).read().startswith('# Sweep x: recall of the answers across chunks\n')
 
 
 def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
