@@ -126,7 +126,7 @@ def analyse(workdir: str, config, pairs: int, num_examples: int) -> dict:
   keys_BP = inputs[:, 0:2 * pairs:2]
   # Each query's pair index, and whether the model answered it.
   b_idx, t_idx = np.nonzero(weights)
-  pair_of_query = np.argmax(inputs[b_idx, t_idx][:, None] == keys_BP[b_idx], axis=1)
+  pair_of_query = mqar.pair_index(inputs, pairs)[b_idx, t_idx]
   correct = np.argmax(logits[b_idx, t_idx], -1) == targets[b_idx, t_idx]
   result = {'workdir': workdir, 'step': restored.step, 'pairs': pairs,
             'num_keys': d.vocab_size // 2 - 1, 'num_latents': m.num_latents,

@@ -331,14 +331,15 @@ def recall_probe_sets(data_config) -> dict[int, Examples]:
           for p in mqar.parse_mix(data_config.eval_pairs, data_config.num_kv_pairs)}
 
 
-def across_chunk_sets(probes: dict[int, Examples], chunk_size: int) -> dict[int, Examples]:
-  """The probe sets weighted only at answers across chunks (mqar.across_chunks).
+def with_across_chunk_weights(probes: dict[int, Examples],
+                              chunk_size: int) -> dict[int, Examples]:
+  """The probe sets with 'weights_across' (mqar.across_chunks), scored in the same pass.
 
-  Sets where no answer crosses a chunk boundary (chunk_size >= the length) are left out.
+  Sets where no answer crosses a chunk boundary (chunk_size >= the length) stay as they are.
   """
   from latent_flax import mqar
-  sets = {p: Examples(mqar.across_chunks(ex.arrays, chunk_size)) for p, ex in probes.items()}
-  return {p: ex for p, ex in sets.items() if ex.arrays['weights'].any()}
+  sets = {p: mqar.across_chunks(ex.arrays, chunk_size) for p, ex in probes.items()}
+  return {p: Examples(a) if a['weights_across'].any() else probes[p] for p, a in sets.items()}
 
 
 def _mqar_test_set(data_config, pairs: int) -> Examples:
@@ -418,6 +419,7 @@ def eval_batches(windows: Windows | Examples, global_batch: int, num_batches: in
                     b * global_batch + (process_index + 1) * local)
     real = ids < windows.num_windows
     batch = windows.get(np.where(real, ids, 0))
-    w = batch['weights']
-    batch['weights'] = w * real.reshape(real.shape + (1,) * (w.ndim - 1))
+    for key in [k for k in batch if k.startswith('weights')]:  # 'weights', 'weights_across'
+      w = batch[key]
+      batch[key] = w * real.reshape(real.shape + (1,) * (w.ndim - 1))
     yield batch

@@ -72,9 +72,9 @@ def evaluate_checkpoint(workdir: str, step: int | None = None,
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
   probes = data_lib.recall_probe_sets(config.data) if split != 'train' else {}
-  across = data_lib.across_chunk_sets(probes, config.model.chunk_size)
+  probes = data_lib.with_across_chunk_weights(probes, config.model.chunk_size)
   result = train_lib.evaluate(restored.parallel, restored.state.params, windows, global_batch, n,
-                              probes, across)
+                              probes)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
   if config.data.name == 'mqar':
     result['recall_accuracy'] = result['accuracy']

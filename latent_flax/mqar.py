@@ -88,18 +88,26 @@ def generate(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int
   return {'inputs': inputs, 'targets': targets, 'weights': weights}
 
 
+def pair_index(inputs_EN: np.ndarray, pairs: int) -> np.ndarray:
+  """For every position, the index i of the pair whose key is the token there ([E, N]).
+
+  Meaningful at the queries (and the keys themselves); keys are distinct within an
+  example, so the first match is the pair.
+  """
+  keys_EP = inputs_EN[:, 0:2 * pairs:2]
+  return np.argmax(inputs_EN[:, :, None] == keys_EP[:, None, :], axis=2)
+
+
 def across_chunks(arrays: dict[str, np.ndarray], chunk_size: int) -> dict[str, np.ndarray]:
-  """The same examples, weighted only at answers whose pair sits in an earlier chunk.
+  """The same examples plus 'weights_across': the weights only at answers across chunks.
 
   With chunks of `chunk_size` tokens, query t for key k (its pair at 2i, 2i+1) is kept
   when (2i) // chunk_size < t // chunk_size: a causal_latent block can answer it only
   through the latents. Every example of a generated set has the same number of pairs.
   """
   inputs, weights = arrays['inputs'], arrays['weights']
-  pairs = int(round(weights[0].sum()))
-  keys_EP = inputs[:, 0:2 * pairs:2]
-  # Keys are distinct within an example: the first match is the pair's index.
-  pair_pos_EN = 2 * np.argmax(inputs[:, :, None] == keys_EP[:, None, :], axis=2)
+  pair_pos_EN = 2 * pair_index(inputs, int(round(weights[0].sum())))
   chunk_N = np.arange(inputs.shape[1]) // chunk_size
   crosses_EN = pair_pos_EN // chunk_size < chunk_N[None, :]
-  return {**arrays, 'weights': np.where(crosses_EN, weights, 0.0).astype(weights.dtype)}
+  return {**arrays,
+          'weights_across': np.where(crosses_EN, weights, 0.0).astype(weights.dtype)}

@@ -119,6 +119,9 @@ def eval_step(params, batch: dict, *, apply_fn, axis_name: str | None):
   ce, correct = _weighted_ce(_forward(apply_fn, params, batch), batch)
   sums = {'loss_sum': jnp.sum(ce), 'correct_sum': jnp.sum(correct),
           'weight_sum': jnp.sum(batch['weights'])}
+  if 'weights_across' in batch:  # MQAR answers across chunks, a subset of the weighted ones
+    sums.update(correct_across_sum=jnp.sum(correct * batch['weights_across']),
+                weight_across_sum=jnp.sum(batch['weights_across']))
   if ce.ndim == 2:  # a target per position
     sums.update(loss_by_pos=jnp.sum(ce, axis=0), weight_by_pos=jnp.sum(batch['weights'], 0))
   if axis_name:
@@ -275,26 +278,29 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: TrainState, where: s
 
 def evaluate(parallel: Parallel, params, windows: data_lib.Windows | data_lib.Examples,
              global_batch: int, num_batches: int | None,
-             probes: dict[int, data_lib.Examples] | None = None,
-             across: dict[int, data_lib.Examples] | None = None) -> dict:
+             probes: dict[int, data_lib.Examples] | None = None) -> dict:
   """Loss and accuracy over the weighted targets; for LM also bits/byte, by position.
 
-  `probes` (MQAR test sets by pair count) add `recall_by_pairs`: {pairs: accuracy};
-  `across` (the same sets weighted only at answers across chunks) adds
-  `recall_across_chunks_by_pairs` and `answers_across_chunks_by_pairs` (their count).
+  `probes` (MQAR test sets by pair count) add `recall_by_pairs`: {pairs: accuracy}.
+  Probe sets with 'weights_across' (data.with_across_chunk_weights) also add
+  `recall_across_chunks_by_pairs` and `answers_across_chunks_by_pairs` (their count),
+  from the same pass; sets with no answer across chunks are left out of both.
   """
-  result = _evaluate_one(parallel, params, windows, global_batch, num_batches)
-  if probes:
-    main = getattr(windows, 'arrays', None)
-    result['recall_by_pairs'] = {  # the main test set among them is not evaluated twice
-        str(p): result['accuracy'] if ex.arrays is main else
-        _evaluate_one(parallel, params, ex, global_batch, num_batches)['accuracy']
-        for p, ex in probes.items()}
-  if across:
-    ones = {str(p): _evaluate_one(parallel, params, ex, global_batch, num_batches)
-            for p, ex in across.items()}
-    result['recall_across_chunks_by_pairs'] = {p: r['accuracy'] for p, r in ones.items()}
-    result['answers_across_chunks_by_pairs'] = {p: r['tokens'] for p, r in ones.items()}
+  main_inputs = getattr(windows, 'arrays', {}).get('inputs')
+  ones = {str(p): _evaluate_one(parallel, params, ex, global_batch, num_batches)
+          for p, ex in (probes or {}).items()}
+  # The main test set among the probes is not evaluated twice.
+  same = [str(p) for p, ex in (probes or {}).items() if ex.arrays['inputs'] is main_inputs]
+  result = ({k: v for k, v in ones[same[0]].items() if not k.startswith('across_')} if same
+            else _evaluate_one(parallel, params, windows, global_batch, num_batches))
+  if ones:
+    result['recall_by_pairs'] = {p: r['accuracy'] for p, r in ones.items()}
+    across = {p: r for p, r in ones.items() if 'across_tokens' in r}
+    if across:
+      result['recall_across_chunks_by_pairs'] = {p: r['across_accuracy']
+                                                 for p, r in across.items()}
+      result['answers_across_chunks_by_pairs'] = {p: r['across_tokens']
+                                                  for p, r in across.items()}
   return result
 
 
@@ -309,6 +315,10 @@ def _evaluate_one(parallel, params, windows, global_batch, num_batches) -> dict:
   loss = float(totals['loss_sum'] / weight)
   result = {'loss': loss, 'accuracy': float(totals['correct_sum'] / weight),
             'tokens': int(totals['weight_sum'])}
+  if 'weight_across_sum' in totals:
+    result.update(across_accuracy=float(totals['correct_across_sum']
+                                        / max(float(totals['weight_across_sum']), 1.0)),
+                  across_tokens=int(totals['weight_across_sum']))
   if 'loss_by_pos' not in totals:  # classification: one label per example
     return result
   by_pos = {}
@@ -398,8 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   global_batch = config.per_device_batch_size * jax.device_count()
   train_windows = data_lib.load_windows(config.data, 'train')
   eval_windows = data_lib.load_windows(config.data, 'validation')
-  probes = data_lib.recall_probe_sets(config.data)
-  across = data_lib.across_chunk_sets(probes, config.model.chunk_size)
+  probes = data_lib.with_across_chunk_weights(data_lib.recall_probe_sets(config.data),
+                                              config.model.chunk_size)
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
@@ -502,7 +512,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               flush=True)
       if is_eval:
         ev = evaluate(parallel, state.params, eval_windows, global_batch,
-                      config.num_eval_steps, probes, across)
+                      config.num_eval_steps, probes)
         record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'])
         for key, label in (('recall_by_pairs', 'recall by pairs'),
                            ('recall_across_chunks_by_pairs', 'across chunks')):

@@ -52,15 +52,16 @@ def test_mqar_across_chunks_keeps_answers_whose_pair_is_in_an_earlier_chunk(chun
   d = mqar.generate(50, 64, 6, 32, 0, 'test')
   kept = mqar.across_chunks(d, chunk)
   assert kept['inputs'] is d['inputs'] and kept['targets'] is d['targets']
+  assert kept['weights'] is d['weights']
   expected = np.zeros_like(d['weights'])
   for e, (x, w) in enumerate(zip(d['inputs'], d['weights'])):
     for t in np.flatnonzero(w):
       pair = list(x[0:12:2]).index(x[t])  # the queried key's index among the pairs
       expected[e, t] = float((2 * pair) // chunk < t // chunk)
-  np.testing.assert_array_equal(kept['weights'], expected)
+  np.testing.assert_array_equal(kept['weights_across'], expected)
   assert (expected.sum() == 0) == (chunk >= 64)
-  sets = data_lib.across_chunk_sets({6: data_lib.Examples(d)}, chunk)
-  assert list(sets) == ([] if chunk >= 64 else [6])
+  sets = data_lib.with_across_chunk_weights({6: data_lib.Examples(d)}, chunk)
+  assert ('weights_across' in sets[6].arrays) == (chunk < 64)
 
 
 def test_slot_statistics_find_held_pairs_and_content_preferences():
