@@ -33,22 +33,29 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 _NEG_INF = -1e30  # finite "minus infinity": exp(-1e30 - max) is exactly 0.
 
 
-def rotary_at(positions_T: jax.Array, head_dim: int, base: float = 10_000.0):
-  """sin, cos of shape [T, head_dim // 2] for the given integer positions."""
+def rotary_at(positions_T: jax.Array | np.ndarray, head_dim: int, base: float = 10_000.0):
+  """sin, cos of shape [T, head_dim // 2] for the given integer positions.
+
+  Positions known at trace time (a numpy array) give numpy tables, which XLA
+  holds as constants; traced positions (decoding) are computed in the graph,
+  where XLA would otherwise fuse sin and cos into every element that uses them.
+  """
+  xp = np if isinstance(positions_T, np.ndarray) else jnp
   half = head_dim // 2
-  freqs_f = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_Tf = jnp.einsum('t,f->tf', jnp.asarray(positions_T, jnp.float32), freqs_f)
-  return jnp.sin(angles_Tf), jnp.cos(angles_Tf)
+  freqs_f = (base ** (-np.arange(half, dtype=np.float64) / half)).astype(np.float32)
+  angles_Tf = xp.asarray(positions_T, xp.float32)[:, None] * freqs_f[None, :]
+  return xp.sin(angles_Tf), xp.cos(angles_Tf)
 
 
 def rotary_table(length: int, head_dim: int):
-  """sin, cos of shape [length, head_dim // 2] for positions 0..length-1."""
-  return rotary_at(jnp.arange(length), head_dim)
+  """sin, cos (numpy) of shape [length, head_dim // 2] for positions 0..length-1."""
+  return rotary_at(np.arange(length), head_dim)
 
 
 def rotate(x_TD: jax.Array, sin_Tf: jax.Array, cos_Tf: jax.Array) -> jax.Array:
@@ -108,7 +115,7 @@ class MultiHeadAttention(nn.Module):
     q_BTHd = self.project_q(q_in_BTD)
     k_BSHd, v_BSHd = self.project_kv(kv_in_BSD)
     if rotary:  # token-token self-attention: positions 0..T-1 on both sides.
-      positions = jnp.arange(q_BTHd.shape[1])
+      positions = np.arange(q_BTHd.shape[1])
       q_BTHd, k_BSHd = self.apply_rotary(q_BTHd, positions), self.apply_rotary(k_BSHd, positions)
     return self.attend(q_BTHd, k_BSHd, v_BSHd, mask_BS=mask_BS, is_causal=is_causal)
 
@@ -461,7 +468,7 @@ class FullAttention(nn.Module):
     if decode == 'prefill':
       if cache_len is None or cache_len < N:
         raise ValueError(f"cache_len={cache_len} must be at least the prompt length {N}.")
-      positions = jnp.arange(N)
+      positions = np.arange(N)
       q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, positions), mha.apply_rotary(k_BNHd, positions)
       y = mha.attend(q_BNHd, k_BNHd, v_BNHd, mask_BS=mask_BN, is_causal=True)
       for name, kv in (('key', k_BNHd), ('value', v_BNHd)):
