@@ -25,7 +25,7 @@ VARIANTS = [('causal_latent', 16), ('causal_latent', 64), ('causal_latent', 256)
 
 
 def measure_one(kind: str, num_latents: int, n: int, width: int, heads: int, chunk: int,
-                dtype: str) -> dict:
+                dtype: str, repeats: int) -> dict:
   common.make_oom_killable()
   import jax
   import jax.numpy as jnp
@@ -46,7 +46,7 @@ def measure_one(kind: str, num_latents: int, n: int, width: int, heads: int, chu
     return jax.grad(loss, argnums=(0, 1))(params, x)
 
   base_mb = common.peak_rss_mb()
-  first, median = common.time_fn(lambda: fwd_bwd(params, x))
+  first, median = common.time_fn(lambda: fwd_bwd(params, x), repeats)
   return {'status': 'ok', 'kind': kind, 'num_latents': num_latents, 'n': n,
           'seconds': median, 'first_call_seconds': first, 'peak_rss_mb': common.peak_rss_mb(),
           'device_peak_mb': common.device_peak_mb(), 'rss_before_mb': base_mb,
@@ -83,13 +83,14 @@ def main() -> None:
   ap.add_argument('--dtype', default='float32')
   ap.add_argument('--variants', default=','.join(f'{k}:{m}' for k, m in VARIANTS),
                   help='comma-separated kind:M, e.g. causal_latent:64,full:0')
+  ap.add_argument('--repeats', type=int, default=5, help='timed runs per point (median)')
   ap.add_argument('--timeout_s', type=float, default=900)
   ap.add_argument('--one', nargs=3, metavar=('KIND', 'M', 'N'), help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.one:
     kind, m, n = args.one
     print(json.dumps(measure_one(kind, int(m), int(n), args.width, args.heads, args.chunk,
-                                 args.dtype)), flush=True)
+                                 args.dtype, args.repeats)), flush=True)
     return
 
   lengths = [int(n) for n in args.lengths.split(',')]
@@ -104,7 +105,8 @@ def main() -> None:
         continue
       rec = common.run_isolated([os.path.abspath(__file__), '--one', kind, str(m), str(n),
                                  '--width', str(args.width), '--heads', str(args.heads),
-                                 '--chunk', str(args.chunk), '--dtype', args.dtype],
+                                 '--chunk', str(args.chunk), '--dtype', args.dtype,
+                                 '--repeats', str(args.repeats)],
                                 timeout_s=args.timeout_s)
       rec.update(kind=kind, num_latents=m, n=n)
       failed = rec['status'] != 'ok'

@@ -81,7 +81,17 @@ def run_isolated(argv: list[str], timeout_s: float) -> dict:
 def machine_info() -> dict:
   return {'platform': platform.platform(), 'processor': platform.processor(),
           'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-          'devices': [str(d) for d in jax.devices()]}
+          'devices': [str(d) for d in jax.devices()],
+          'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
+          'transparent_hugepage': _read_first_line('/sys/kernel/mm/transparent_hugepage/enabled')}
+
+
+def _read_first_line(path: str) -> str:
+  try:
+    with open(path) as f:
+      return f.readline().strip()
+  except OSError:
+    return ''
 
 
 def write_json(path: str, payload: dict) -> None:
