@@ -65,12 +65,21 @@ def plot(records: list[dict], path: str) -> None:
       ax_t.plot([r['n'] for r in pts], [r['seconds'] for r in pts], 'o-', label=label)
       ax_m.plot([r['n'] for r in pts], [common.peak_mb(r) / 1024 for r in pts], 'o-', label=label)
     for r in records:
-      if r['kind'] == kind and r['num_latents'] == m and r['status'] != 'ok':
-        ax_t.annotate(r['status'].upper(), (r['n'], ax_t.get_ylim()[1] if pts else 1), fontsize=7)
+      # The first failure only ('oom', 'timeout'); longer N are skipped, not run.
+      if (r['kind'] == kind and r['num_latents'] == m and r['status'] != 'ok'
+          and 'skipped' not in r['status']):
+        ax_t.annotate(f"{label}: {r['status'].split()[0].upper()}",
+                      (r['n'], ax_t.get_ylim()[1] if pts else 1), fontsize=7, ha='right')
   for ax, ylabel in ((ax_t, 'forward+backward seconds'), (ax_m, common.memory_label(records))):
     common.style_log_axes(ax, 'sequence length N', ylabel)
   common.save_figure(
       fig, 'One attention layer, D=256, H=4, C=128, batch 1 (missing points: out of memory)', path)
+
+
+def replot(json_path: str) -> None:
+  """Redraw <json_path minus .json>.png from a saved run."""
+  with open(json_path) as f:
+    plot(json.load(f)['records'], json_path[:-len('.json')] + '.png')
 
 
 def main() -> None:
@@ -85,8 +94,12 @@ def main() -> None:
                   help='comma-separated kind:M, e.g. causal_latent:64,full:0')
   ap.add_argument('--repeats', type=int, default=5, help='timed runs per point (median)')
   ap.add_argument('--timeout_s', type=float, default=900)
+  ap.add_argument('--replot', metavar='JSON', help='only redraw the PNG of a saved run')
   ap.add_argument('--one', nargs=3, metavar=('KIND', 'M', 'N'), help=argparse.SUPPRESS)
   args = ap.parse_args()
+  if args.replot:
+    replot(args.replot)
+    return
   if args.one:
     kind, m, n = args.one
     print(json.dumps(measure_one(kind, int(m), int(n), args.width, args.heads, args.chunk,
