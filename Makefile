@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/m64
 # glibc's malloc asks for transparent huge pages (Linux THP in `madvise` mode): XLA
-# on CPU otherwise takes a 4 KiB page fault on every fresh page of its large buffers,
-# which made the N=65,536 layer 17% slower (README, Benchmarks). Ignored elsewhere.
+# on CPU otherwise takes a 4 KiB page fault on every fresh page of its large buffers;
+# with it the N=65,536 layer ran 17% faster (README, Benchmarks). Ignored elsewhere.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 
 .PHONY: setup train eval test bench

@@ -77,9 +77,9 @@ def plot(records: list[dict], path: str) -> None:
 
 
 def replot(json_path: str) -> None:
-  """Redraw <json_path minus .json>.png from a saved run."""
+  """Redraw the PNG beside a saved run's JSON (same name, .png)."""
   with open(json_path) as f:
-    plot(json.load(f)['records'], json_path[:-len('.json')] + '.png')
+    plot(json.load(f)['records'], os.path.splitext(json_path)[0] + '.png')
 
 
 def main() -> None:

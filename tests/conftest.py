@@ -20,13 +20,12 @@ from tests import helpers  # noqa: E402
 def _shared_compilation_cache(tmp_path_factory):
   """This process and its children (tests/helpers.Child) reuse each other's compiled
   programs: a test that trains, resumes and evaluates the same config compiles once."""
-  cache_dir = str(tmp_path_factory.mktemp('jax_cache'))
-  helpers.CHILD_ENV.update(JAX_COMPILATION_CACHE_DIR=cache_dir,
-                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-                           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  settings = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jax_cache')),
+              'jax_persistent_cache_min_compile_time_secs': 0,
+              'jax_persistent_cache_min_entry_size_bytes': 0}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    helpers.CHILD_ENV[name.upper()] = str(value)
   yield
   jax.config.update('jax_compilation_cache_dir', None)
   helpers.CHILD_ENV.clear()
