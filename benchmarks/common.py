@@ -102,10 +102,10 @@ def write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
-def write_records(args, records: list[dict]) -> None:
-  """<args.out>.json: the script's arguments, this machine and the records so far."""
+def write_records(args, records: list[dict], **extra) -> None:
+  """<args.out>.json: the script's arguments, this machine, the records so far and `extra`."""
   write_json(args.out + '.json',
-             {'config': vars(args), 'machine': machine_info(), 'records': records})
+             {'config': vars(args), 'machine': machine_info(), 'records': records, **extra})
 
 
 def style_log_axes(ax, xlabel: str, ylabel: str, *, log_y: bool = True) -> None:
