@@ -108,7 +108,12 @@ def plot(records: list[dict], path: str) -> None:
     label = 'full' if kind == 'full' else f'causal_latent M={m}'
     pts = [r for r in records if r['kind'] == kind and r['num_latents'] == m and r['status'] == 'ok']
     if pts:
-      ax_t.plot([r['n'] for r in pts], [r['seconds'] for r in pts], 'o-', label=label)
+      # Bars span the rounds' fastest and slowest medians (--rounds), if there were rounds.
+      spread = [[r['seconds'] - min(r.get('seconds_rounds', [r['seconds']])) for r in pts],
+                [max(r.get('seconds_rounds', [r['seconds']])) - r['seconds'] for r in pts]]
+      ax_t.errorbar([r['n'] for r in pts], [r['seconds'] for r in pts],
+                    yerr=spread if any(map(any, spread)) else None,
+                    fmt='o-', capsize=3, label=label)
       ax_m.plot([r['n'] for r in pts], [common.peak_mb(r) / 1024 for r in pts], 'o-', label=label)
     for r in records:
       # The first failure only ('oom', 'timeout'); longer N are skipped, not run.
