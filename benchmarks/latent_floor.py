@@ -1,0 +1,181 @@
+"""How fast the causal latent layer could be if its matrix products were all it did.
+
+    python benchmarks/latent_floor.py [--n 4096] [--out benchmarks/results/latent_floor]
+
+Collects every dot_general in the jaxpr of one causal_latent layer's forward +
+backward (D=256, H=4, C=128, batch 1), times each distinct product alone under jit
+(median of `--repeats`), both as the layer writes it and as a plain row-major
+(batch,) m x k @ k x n matmul of the same sizes, keeps the faster, and adds them up:
+about the least time this machine needs for the layer's products with every
+operand in its best layout, which no rewrite of the non-matmul work gets below. It also times the
+layer itself and full attention, so the floor sits next to the issue's target
+(full / 15). Writes <out>.json and <out>.png (time per product kind, stacked,
+against the layer and the target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.extend import core as jcore  # noqa: E402
+
+from latent_flax import attention  # noqa: E402
+
+
+def layer_and_grad(kind: str, n: int, width: int, heads: int, chunk: int, num_latents: int):
+  if kind == 'full':
+    layer = attention.FullAttention(num_heads=heads, causal=True)
+  else:
+    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
+                                            chunk_size=chunk)
+  x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
+  params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
+  loss = lambda p, x: jnp.mean(layer.apply(p, x) ** 2)
+  return jax.jit(jax.grad(loss, argnums=(0, 1))), params, x
+
+
+def _subjaxprs(value):
+  if isinstance(value, jcore.ClosedJaxpr):
+    yield value.jaxpr
+  elif isinstance(value, jcore.Jaxpr):
+    yield value
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _subjaxprs(v)
+
+
+def dot_products(jaxpr) -> collections.Counter:
+  """(lhs shape, rhs shape, dimension numbers) -> how many times the jaxpr runs it."""
+  found = collections.Counter()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      lhs, rhs = (v.aval.shape for v in eqn.invars)
+      found[lhs, rhs, eqn.params['dimension_numbers']] += 1
+    for value in eqn.params.values():
+      for sub in _subjaxprs(value):
+        found.update(dot_products(sub))
+  return found
+
+
+def dot_flops(lhs, rhs, dims) -> int:
+  (_, rhs_contract), (_, rhs_batch) = dims
+  rhs_free = [s for i, s in enumerate(rhs) if i not in rhs_contract and i not in rhs_batch]
+  return 2 * math.prod(lhs) * math.prod(rhs_free)
+
+
+def product_kind(dims) -> str:
+  """Projections (by a weight: no batch dimensions) or per-chunk / per-head products."""
+  return 'batched products' if dims[1][0] else 'projections'
+
+
+def canonical(lhs, rhs, dims) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The same product as a plain (batch, m, k) @ (batch, k, n) matmul, row-major."""
+  (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dims
+  size = lambda shape, axes: math.prod(shape[i] for i in axes)
+  batch, k = size(lhs, lhs_batch), size(lhs, lhs_contract)
+  m = math.prod(lhs) // (batch * k)
+  n = math.prod(rhs) // (batch * size(rhs, rhs_contract))
+  return ((m, k), (k, n)) if batch == 1 else ((batch, m, k), (batch, k, n))
+
+
+def time_alone(lhs, rhs, dims, repeats: int) -> tuple[float, float]:
+  """Seconds for the product as the layer writes it, and as a plain row-major matmul."""
+  times = []
+  for (a_shape, b_shape), fn in (((lhs, rhs), lambda a, b: jax.lax.dot_general(a, b, dims)),
+                                 (canonical(lhs, rhs, dims), jnp.matmul)):
+    a = jax.random.normal(jax.random.key(2), a_shape, jnp.float32)
+    b = jax.random.normal(jax.random.key(3), b_shape, jnp.float32)
+    f = jax.jit(fn)
+    times.append(common.time_fn(lambda: f(a, b), repeats)[1])
+  return times[0], times[1]
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--out', default='benchmarks/results/latent_floor')
+  ap.add_argument('--n', type=int, default=4096)
+  ap.add_argument('--width', type=int, default=256)
+  ap.add_argument('--heads', type=int, default=4)
+  ap.add_argument('--chunk', type=int, default=128)
+  ap.add_argument('--num_latents', type=int, default=64)
+  ap.add_argument('--repeats', type=int, default=7, help='timed runs per product and layer')
+  ap.add_argument('--target', type=float, default=15.0, help='speedup over full to mark')
+  args = ap.parse_args()
+
+  shape = (args.n, args.width, args.heads, args.chunk, args.num_latents)
+  grad_fn, params, x = layer_and_grad('causal_latent', *shape)
+  products = dot_products(jax.make_jaxpr(grad_fn)(params, x).jaxpr)
+  rows = []
+  for i, ((lhs, rhs, dims), count) in enumerate(sorted(products.items(), key=str)):
+    as_written, plain = time_alone(lhs, rhs, dims, args.repeats)
+    flops = dot_flops(lhs, rhs, dims)
+    # The faster of the two: the floor assumes every product gets its best layout.
+    rows.append({'lhs': list(lhs), 'rhs': list(rhs), 'dimension_numbers': str(dims),
+                 'plain_shapes': [list(s) for s in canonical(lhs, rhs, dims)],
+                 'kind': product_kind(dims), 'count': count, 'gflop_each': flops / 1e9,
+                 'seconds_as_written': as_written, 'seconds_plain': plain,
+                 'seconds_each': min(as_written, plain),
+                 'gflop_per_s': flops / min(as_written, plain) / 1e9})
+    print(f"[{i + 1}/{len(products)}] {count} x {lhs} . {rhs}: as written "
+          f"{as_written * 1e3:6.2f} ms, as a plain matmul {plain * 1e3:6.2f} ms, best "
+          f"{rows[-1]['gflop_per_s']:4.0f} GFLOP/s", flush=True)
+
+  by_kind = collections.defaultdict(lambda: {'gflop': 0.0, 'seconds': 0.0})
+  for r in rows:
+    by_kind[r['kind']]['gflop'] += r['count'] * r['gflop_each']
+    by_kind[r['kind']]['seconds'] += r['count'] * r['seconds_each']
+  floor_s = sum(k['seconds'] for k in by_kind.values())
+  layer_s = common.time_fn(lambda: grad_fn(params, x), args.repeats)[1]
+  full_fn, full_params, full_x = layer_and_grad('full', *shape)
+  full_s = common.time_fn(lambda: full_fn(full_params, full_x), args.repeats)[1]
+  xla_gflop = grad_fn.lower(params, x).compile().cost_analysis().get('flops', np.nan) / 1e9
+  summary = {'n': args.n, 'num_latents': args.num_latents, 'products_floor_s': floor_s, 'by_kind': dict(by_kind),
+             'layer_s': layer_s, 'full_s': full_s, 'target_s': full_s / args.target,
+             'xla_gflop': xla_gflop, 'dot_gflop': sum(k['gflop'] for k in by_kind.values())}
+  for name, k in by_kind.items():
+    print(f"{name:17s} {k['gflop']:5.1f} GFLOP  {k['seconds'] * 1e3:6.1f} ms alone "
+          f"({k['gflop'] / k['seconds']:.0f} GFLOP/s)")
+  print(f"products alone {floor_s * 1e3:.0f} ms; the layer {layer_s * 1e3:.0f} ms; "
+        f"full {full_s * 1e3:.0f} ms, so {args.target:g}x full is {full_s / args.target * 1e3:.0f} ms; "
+        f"the rest of the layer would have {(full_s / args.target - floor_s) * 1e3:.0f} ms "
+        f"and takes {(layer_s - floor_s) * 1e3:.0f} ms now")
+  common.write_records(args, rows, summary=summary)
+  plot(summary, args.out + '.png', args.target)
+  print(f"wrote {args.out}.json and {args.out}.png")
+
+
+def plot(summary: dict, path: str, target: float) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  bottom = 0.0
+  for name, k in sorted(summary['by_kind'].items()):
+    ms = k['seconds'] * 1e3
+    ax.bar(0, ms, 0.5, bottom=bottom, label=f"{name}: {k['gflop']:.1f} GFLOP, {ms:.0f} ms alone")
+    bottom += ms
+  ax.bar(1, summary['layer_s'] * 1e3, 0.5, color='tab:gray',
+         label=f"the whole layer: {summary['layer_s'] * 1e3:.0f} ms")
+  ax.axhline(summary['target_s'] * 1e3, color='tab:red', ls='--',
+             label=f"full / {target:g} = {summary['target_s'] * 1e3:.0f} ms "
+                   f"(full {summary['full_s'] * 1e3:.0f} ms)")
+  ax.set_xticks([0, 1], ['matrix products alone', 'causal_latent layer'])
+  ax.set_ylabel('forward + backward ms')
+  ax.legend(fontsize=7, loc='upper left')
+  ax.grid(True, axis='y', alpha=0.3)
+  common.save_figure(fig, f"causal_latent M={summary['num_latents']} at N={summary['n']}: the matmul floor", path)
+
+
+if __name__ == '__main__':
+  main()
