@@ -3,14 +3,14 @@
     python benchmarks/latent_floor.py [--n 4096] [--out benchmarks/results/latent_floor]
 
 Collects every dot_general in the jaxpr of one causal_latent layer's forward +
-backward (D=256, H=4, C=128, batch 1), times each distinct product alone under jit
-(median of `--repeats`), both as the layer writes it and as a plain row-major
-(batch,) m x k @ k x n matmul of the same sizes, keeps the faster, and adds them up:
-about the least time this machine needs for the layer's products with every
-operand in its best layout, which no rewrite of the non-matmul work gets below. It also times the
-layer itself and full attention, so the floor sits next to the issue's target
-(full / 15). Writes <out>.json and <out>.png (time per product kind, stacked,
-against the layer and the target).
+backward (D=256, H=4, C=128, batch 1) and times each distinct product alone under
+jit (median of `--repeats`), both as the layer writes it and as a plain row-major
+(batch,) m x k @ k x n matmul of the same sizes. The faster of the two, summed over
+the products, is about the least time this machine needs for the layer's matmuls
+with every operand in its best layout: no rewrite of the other ops gets below it.
+It also times the layer itself and full attention, so the floor sits next to the
+speedup target (full / 15). Writes <out>.json and <out>.png (time per product
+kind, stacked, against the layer and the target).
 """
 
 from __future__ import annotations
