@@ -35,22 +35,8 @@ def measure_one(kind: str, num_latents: int, n: int, width: int, heads: int, chu
                 dtype: str, repeats: int) -> dict:
   common.make_oom_killable()
   import jax
-  import jax.numpy as jnp
-  from latent_flax import attention
-
-  dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
-  if kind == 'full':
-    layer = attention.FullAttention(num_heads=heads, causal=True, dtype=dt)
-  else:
-    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
-                                            chunk_size=chunk, dtype=dt)
-  x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
-  params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
-
-  @jax.jit
-  def fwd_bwd(params, x):
-    loss = lambda p, x: jnp.mean(layer.apply(p, x).astype(jnp.float32) ** 2)
-    return jax.grad(loss, argnums=(0, 1))(params, x)
+  fwd_bwd, params, x = common.layer_fwd_bwd(kind, n, width=width, heads=heads, chunk=chunk,
+                                            num_latents=num_latents, dtype=dtype)
 
   base_mb = common.peak_rss_mb()
   first, median = common.time_fn(lambda: fwd_bwd(params, x), repeats)
@@ -137,9 +123,7 @@ def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--out', default='benchmarks/results/attention_scaling')
   ap.add_argument('--lengths', default=','.join(map(str, LENGTHS)))
-  ap.add_argument('--width', type=int, default=256)
-  ap.add_argument('--heads', type=int, default=4)
-  ap.add_argument('--chunk', type=int, default=128)
+  common.add_layer_args(ap, one_point=False)
   ap.add_argument('--dtype', default='float32')
   ap.add_argument('--variants', default=','.join(f'{k}:{m}' for k, m in VARIANTS),
                   help='comma-separated kind:M, e.g. causal_latent:64,full:0')

@@ -51,6 +51,35 @@ def time_fn(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
   return first, times[len(times) // 2]
 
 
+def add_layer_args(ap, *, one_point: bool) -> None:
+  """The one-layer shape flags: --width, --heads, --chunk, and with `one_point` also
+  --n and --num_latents (scripts that sweep them take lists instead)."""
+  if one_point:
+    ap.add_argument('--n', type=int, default=4096)
+    ap.add_argument('--num_latents', type=int, default=64)
+  ap.add_argument('--width', type=int, default=256)
+  ap.add_argument('--heads', type=int, default=4)
+  ap.add_argument('--chunk', type=int, default=128)
+
+
+def layer_fwd_bwd(kind: str, n: int, *, width: int, heads: int, chunk: int, num_latents: int,
+                  dtype: str = 'float32'):
+  """One causal attention layer of `kind` ('causal_latent' or 'full'), batch 1: the
+  jitted gradient of mean(y**2) with respect to params and input, params, and input."""
+  import jax.numpy as jnp
+  from latent_flax import attention
+  dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
+  if kind == 'full':
+    layer = attention.FullAttention(num_heads=heads, causal=True, dtype=dt)
+  else:
+    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
+                                            chunk_size=chunk, dtype=dt)
+  x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
+  params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
+  loss = lambda p, x: jnp.mean(layer.apply(p, x).astype(jnp.float32) ** 2)
+  return jax.jit(jax.grad(loss, argnums=(0, 1))), params, x
+
+
 def make_oom_killable() -> None:
   """In a child process: be the first the kernel's OOM killer picks."""
   try:

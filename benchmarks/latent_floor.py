@@ -30,20 +30,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.extend import core as jcore  # noqa: E402
 
-from latent_flax import attention  # noqa: E402
-
-
-def layer_and_grad(kind: str, n: int, width: int, heads: int, chunk: int, num_latents: int):
-  if kind == 'full':
-    layer = attention.FullAttention(num_heads=heads, causal=True)
-  else:
-    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
-                                            chunk_size=chunk)
-  x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
-  params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
-  loss = lambda p, x: jnp.mean(layer.apply(p, x) ** 2)
-  return jax.jit(jax.grad(loss, argnums=(0, 1))), params, x
-
 
 def _subjaxprs(value):
   if isinstance(value, jcore.ClosedJaxpr):
@@ -98,23 +84,19 @@ def time_alone(lhs, rhs, dims, repeats: int) -> tuple[float, float]:
     b = jax.random.normal(jax.random.key(3), b_shape, jnp.float32)
     f = jax.jit(fn)
     times.append(common.time_fn(lambda: f(a, b), repeats)[1])
-  return times[0], times[1]
+  return tuple(times)
 
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--out', default='benchmarks/results/latent_floor')
-  ap.add_argument('--n', type=int, default=4096)
-  ap.add_argument('--width', type=int, default=256)
-  ap.add_argument('--heads', type=int, default=4)
-  ap.add_argument('--chunk', type=int, default=128)
-  ap.add_argument('--num_latents', type=int, default=64)
+  common.add_layer_args(ap, one_point=True)
   ap.add_argument('--repeats', type=int, default=7, help='timed runs per product and layer')
   ap.add_argument('--target', type=float, default=15.0, help='speedup over full to mark')
   args = ap.parse_args()
 
-  shape = (args.n, args.width, args.heads, args.chunk, args.num_latents)
-  grad_fn, params, x = layer_and_grad('causal_latent', *shape)
+  shape = dict(width=args.width, heads=args.heads, chunk=args.chunk, num_latents=args.num_latents)
+  grad_fn, params, x = common.layer_fwd_bwd('causal_latent', args.n, **shape)
   products = dot_products(jax.make_jaxpr(grad_fn)(params, x).jaxpr)
   rows = []
   for i, ((lhs, rhs, dims), count) in enumerate(sorted(products.items(), key=str)):
@@ -137,7 +119,7 @@ def main() -> None:
     by_kind[r['kind']]['seconds'] += r['count'] * r['seconds_each']
   floor_s = sum(k['seconds'] for k in by_kind.values())
   layer_s = common.time_fn(lambda: grad_fn(params, x), args.repeats)[1]
-  full_fn, full_params, full_x = layer_and_grad('full', *shape)
+  full_fn, full_params, full_x = common.layer_fwd_bwd('full', args.n, **shape)
   full_s = common.time_fn(lambda: full_fn(full_params, full_x), args.repeats)[1]
   xla_gflop = grad_fn.lower(params, x).compile().cost_analysis().get('flops', np.nan) / 1e9
   summary = {'n': args.n, 'num_latents': args.num_latents, 'products_floor_s': floor_s, 'by_kind': dict(by_kind),

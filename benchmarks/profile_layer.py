@@ -65,19 +65,8 @@ def op_times(trace_dir: str, steps: int) -> dict[str, float]:
 def profile(kind: str, num_latents: int, n: int, width: int, heads: int, chunk: int,
             steps: int = 3) -> dict:
   import jax
-  import jax.numpy as jnp
-  from latent_flax import attention
-  if kind == 'full':
-    layer = attention.FullAttention(num_heads=heads, causal=True)
-  else:
-    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
-                                            chunk_size=chunk)
-  x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
-  params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
-
-  @jax.jit
-  def fwd_bwd(params, x):
-    return jax.grad(lambda p, x: jnp.mean(layer.apply(p, x) ** 2), argnums=(0, 1))(params, x)
+  fwd_bwd, params, x = common.layer_fwd_bwd(kind, n, width=width, heads=heads, chunk=chunk,
+                                            num_latents=num_latents)
 
   for _ in range(2):
     jax.block_until_ready(fwd_bwd(params, x))
@@ -124,11 +113,7 @@ def plot(records: list[dict], path: str) -> None:
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--out', default='benchmarks/results/profile_layer')
-  ap.add_argument('--n', type=int, default=4096)
-  ap.add_argument('--width', type=int, default=256)
-  ap.add_argument('--heads', type=int, default=4)
-  ap.add_argument('--chunk', type=int, default=128)
-  ap.add_argument('--num_latents', type=int, default=64)
+  common.add_layer_args(ap, one_point=True)
   args = ap.parse_args()
   records = []
   for kind in ('causal_latent', 'full'):
