@@ -53,6 +53,8 @@ def merge_round(prev: dict | None, rec: dict) -> dict:
   rounds = prev['seconds_rounds'] + [rec['seconds']]
   merged = dict(rec, seconds_rounds=rounds, seconds=statistics.median(rounds),
                 peak_rss_mb=max(prev['peak_rss_mb'], rec['peak_rss_mb']))
+  if rec.get('device_peak_mb') is not None:  # an accelerator: its allocator's peak too
+    merged['device_peak_mb'] = max(prev['device_peak_mb'], rec['device_peak_mb'])
   merged['tokens_per_sec'] = rec['n'] / merged['seconds']
   return merged
 
