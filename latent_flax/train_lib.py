@@ -428,7 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     position = int(data_state['position'])
     elapsed_before = float(data_state.get('elapsed_s', 0.0))
     say(f"Resuming from checkpoint step {start_step} in {workdir} "
-          f"(data position {position}).", flush=True)
+        f"(data position {position}).")
   else:
     state = jax.jit(make_init_fn(model, config), out_shardings=parallel.replicated)(init_rng)
     position = 0
@@ -450,10 +450,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_label = data_lib.accuracy_label(config.data.name)
   latents = '' if config.model.attention == 'full' else f"M={config.model.num_latents}, "
   say(f"Training {config.model.attention} ({latents}"
-        f"H={config.model.num_heads}, {num_params:,} params) for {config.num_train_steps} steps "
-        f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
-        f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}",
-        flush=True)
+      f"H={config.model.num_heads}, {num_params:,} params) for {config.num_train_steps} steps "
+      f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
+      f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}")
 
   def save(step: int, metrics: dict | None):
     mngr.save(step, args=ocp.args.Composite(
@@ -507,9 +506,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       tokens_per_sec=steps_per_sec * tokens_per_step,
                       global_batch=global_batch)
         say(f"step {step:6d}/{config.num_train_steps}  loss {means['loss']:.4f}  "
-              f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
-              f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}",
-              flush=True)
+            f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
+            f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}")
       if is_eval:
         ev = evaluate(parallel, state.params, eval_windows, global_batch,
                       config.num_eval_steps, probes)
@@ -519,12 +517,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           if key in ev:
             record[f'eval_{key}'] = ev[key]
             say(f"step {step:6d}  {label} "
-                + '  '.join(f"{p}: {a:.4f}" for p, a in ev[key].items()), flush=True)
+                + '  '.join(f"{p}: {a:.4f}" for p, a in ev[key].items()))
         if 'bits_per_byte' in ev:
           record['eval_bits_per_byte'] = ev['bits_per_byte']
         say(f"step {step:6d}  eval loss {ev['loss']:.4f}  {eval_label} {ev['accuracy']:.4f}"
-            + (f"  bits/byte {ev['bits_per_byte']:.4f}" if is_corpus else ''),
-            flush=True)
+            + (f"  bits/byte {ev['bits_per_byte']:.4f}" if is_corpus else ''))
       record.update(elapsed_s=elapsed(), peak_memory_mb=peak_memory_mb())
       writer.write_scalars(step, {k: v for k, v in record.items()
                                   if k != 'step' and not isinstance(v, dict)})
@@ -536,7 +533,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if stopping and step < config.num_train_steps:
         mngr.wait_until_finished()
         say(f"Received {stop.signal}: saved checkpoint step {step} in "
-              f"{mngr.directory}; rerun the same command to resume.", flush=True)
+            f"{mngr.directory}; rerun the same command to resume.")
         break
   mngr.wait_until_finished()
   mngr.close()
