@@ -145,6 +145,9 @@ def test_workdir_with_other_shapes_is_refused_and_eval_mismatch_is_one_line(tmp_
   other = tiny_config(tmp_path, **{'model.num_latents': 8})
   with pytest.raises(ValueError, match='model.num_latents: saved 4 vs new 8'):
     train_lib.train_and_evaluate(other, workdir)
+  # Same shapes, another function: the chunk size decides what each latent summary covers.
+  with pytest.raises(ValueError, match='model.chunk_size: saved 8 vs new 16'):
+    train_lib.train_and_evaluate(tiny_config(tmp_path, **{'model.chunk_size': 16}), workdir)
   with pytest.raises(ValueError, match=r"latents'\] is \(4, 16\) in the checkpoint but \(8, 16\)"):
     eval_lib.evaluate_checkpoint(workdir, config=other)
 
