@@ -17,9 +17,6 @@ SHAPE_FIELDS = ('attention', 'num_latents', 'num_heads', 'emb_dim', 'mlp_dim', '
 # Fields that change what the saved parameters compute, with the value of configs
 # saved before the field existed.
 FUNCTION_FIELDS = {'input_positions': 'none', 'pooling': 'mean'}
-# The same, for one attention kind only: the chunk size sets which tokens the causal
-# latent block summarises (full attention ignores it).
-FUNCTION_FIELDS_OF = {'causal_latent': ('chunk_size',)}
 
 
 def _need(ok: bool, message: str) -> None:
@@ -74,8 +71,9 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:
 def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                      workdir: str) -> None:
   """Refuses a config whose params, or what they compute, differ from the workdir's saved one."""
-  fields = {**{k: None for k in SHAPE_FIELDS}, **FUNCTION_FIELDS,
-            **{k: None for k in FUNCTION_FIELDS_OF.get(config.model.attention, ())}}
+  fields = {**{k: None for k in SHAPE_FIELDS}, **FUNCTION_FIELDS}
+  if config.model.attention == 'causal_latent':  # the chunk size sets what each summary covers
+    fields['chunk_size'] = None
   differ = [f"model.{k}: saved {saved.model.get(k, old)!r} vs new {config.model.get(k, old)!r}"
             for k, old in fields.items() if saved.model.get(k, old) != config.model.get(k, old)]
   if differ:
