@@ -18,7 +18,8 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely bytes;
 _TOP_P = flags.DEFINE_float("top_p", 0.95, "Nucleus: smallest set with this probability; 1 = all.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Continuations, generated as one batch.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed; the same seed gives the same text.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_STEP = flags.DEFINE_string("step", None, "Checkpoint step: a number, 'latest' (default) or "
+                            "'best'.")
 flags.mark_flag_as_required("workdir")
 
 

@@ -88,9 +88,8 @@ def growth(records: list[dict]) -> list[dict]:
 
 
 def plot(records: list[dict], path: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for kind, m in VARIANTS:
     label = 'full' if kind == 'full' else f'causal_latent M={m}'

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -13,29 +12,19 @@ from typing import Any, Callable
 
 import jax
 
+from latent_flax import io_utils
 
-def peak_rss_mb() -> float:
-  """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def device_peak_mb() -> float | None:
-  """Peak memory the accelerator's allocator has handed out so far, in MiB; None on CPU."""
-  stats = jax.local_devices()[0].memory_stats()
-  if not stats or 'peak_bytes_in_use' not in stats:
-    return None
-  return stats['peak_bytes_in_use'] / 2**20
-
+peak_rss_mb = io_utils.peak_rss_mb
+device_peak_mb = io_utils.device_peak_mb
+write_json = io_utils.write_json
 
 def peak_mb(record: dict) -> float:
   """The memory figure a plot shows: device peak on an accelerator, else peak RSS."""
   return record.get('device_peak_mb') or record['peak_rss_mb']
 
-
 def memory_label(records: list[dict]) -> str:
   on_device = any(r.get('device_peak_mb') for r in records)
   return 'peak device memory (GiB)' if on_device else 'peak process memory (GiB)'
-
 
 def time_fn(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
   """(compile+first-run seconds, median seconds of `repeats` further runs)."""
@@ -50,7 +39,6 @@ def time_fn(fn: Callable[[], Any], repeats: int = 3) -> tuple[float, float]:
   times.sort()
   return first, times[len(times) // 2]
 
-
 def add_layer_args(ap, *, one_point: bool) -> None:
   """The one-layer shape flags: --width, --heads, --chunk, and with `one_point` also
   --n and --num_latents (scripts that sweep them take lists instead)."""
@@ -61,24 +49,20 @@ def add_layer_args(ap, *, one_point: bool) -> None:
   ap.add_argument('--heads', type=int, default=4)
   ap.add_argument('--chunk', type=int, default=128)
 
-
 def layer_fwd_bwd(kind: str, n: int, *, width: int, heads: int, chunk: int, num_latents: int,
                   dtype: str = 'float32'):
-  """One causal attention layer of `kind` ('causal_latent' or 'full'), batch 1: the
-  jitted gradient of mean(y**2) with respect to params and input, params, and input."""
+  """One causal attention layer of `kind` (any causal kind of the registry), batch 1:
+  the jitted gradient of mean(y**2) with respect to params and input, params, and input."""
   import jax.numpy as jnp
-  from latent_flax import attention
-  dt = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
-  if kind == 'full':
-    layer = attention.FullAttention(num_heads=heads, causal=True, dtype=dt)
-  else:
-    layer = attention.CausalLatentAttention(num_latents=num_latents, num_heads=heads,
-                                            chunk_size=chunk, dtype=dt)
+  from latent_flax import model as model_lib
+  cfg = model_lib.ModelConfig(attention=kind, num_latents=num_latents, num_heads=heads,
+                              chunk_size=chunk, emb_dim=width, dtype=dtype)
+  cfg = model_lib.validate_model_config(cfg, task='lm')  # refuses a non-causal kind
+  layer = model_lib.make_attention(cfg, causal=True)
   x = jax.random.normal(jax.random.key(0), (1, n, width), jnp.float32)
   params = layer.init(jax.random.key(1), x[:, :min(n, 256)])
   loss = lambda p, x: jnp.mean(layer.apply(p, x).astype(jnp.float32) ** 2)
   return jax.jit(jax.grad(loss, argnums=(0, 1))), params, x
-
 
 def make_oom_killable() -> None:
   """In a child process: be the first the kernel's OOM killer picks."""
@@ -87,7 +71,6 @@ def make_oom_killable() -> None:
       f.write('1000')
   except OSError:
     pass
-
 
 def run_isolated(argv: list[str], timeout_s: float) -> dict:
   """Runs one measurement in a fresh process; OOM and timeouts become records."""
@@ -106,14 +89,12 @@ def run_isolated(argv: list[str], timeout_s: float) -> dict:
   return {'status': 'oom' if oom else 'error', 'returncode': proc.returncode,
           'stderr_tail': err[-500:], 'wall_s': time.perf_counter() - t0}
 
-
 def machine_info() -> dict:
   return {'platform': platform.platform(), 'processor': platform.processor(),
           'cpu_count': os.cpu_count(), 'jax': jax.__version__,
           'devices': [str(d) for d in jax.devices()],
           'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
           'transparent_hugepage': _read_first_line('/sys/kernel/mm/transparent_hugepage/enabled')}
-
 
 def _read_first_line(path: str) -> str:
   try:
@@ -122,20 +103,10 @@ def _read_first_line(path: str) -> str:
   except OSError:
     return ''
 
-
-def write_json(path: str, payload: dict) -> None:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)
-
-
 def write_records(args, records: list[dict], **extra) -> None:
   """<args.out>.json: the script's arguments, this machine, the records so far and `extra`."""
   write_json(args.out + '.json',
              {'config': vars(args), 'machine': machine_info(), 'records': records, **extra})
-
 
 def style_log_axes(ax, xlabel: str, ylabel: str, *, log_y: bool = True) -> None:
   """Log2 x axis (lengths), optionally log y, grid and legend: every benchmark plot."""
@@ -146,7 +117,6 @@ def style_log_axes(ax, xlabel: str, ylabel: str, *, log_y: bool = True) -> None:
   ax.set_ylabel(ylabel)
   ax.grid(True, which='both', alpha=0.3)
   ax.legend(fontsize=8)
-
 
 def save_figure(fig, title: str, path: str) -> None:
   fig.suptitle(title)

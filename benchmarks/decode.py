@@ -29,6 +29,7 @@ from benchmarks import common  # noqa: E402
 from configs import m64  # noqa: E402
 from latent_flax import decode  # noqa: E402
 from latent_flax import model as model_lib  # noqa: E402
+from latent_flax.attention import registry  # noqa: E402
 
 LENGTHS = [1024, 4096, 16384, 65536]
 KINDS = ['causal_latent', 'full']
@@ -61,7 +62,8 @@ def measure(kind: str, length: int, steps: int, max_full_prefill: int) -> dict:
   params = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))['params']
   repeats = 3
   cache_len = length + steps * (repeats + 2)
-  real = kind != 'full' or length <= max_full_prefill
+  # A state that grows with the length is prefilled for real only up to max_full_prefill.
+  real = registry.get(kind).decode != 'cache' or length <= max_full_prefill
   cache = build_state(model, params, length, cache_len, real)
   jax.block_until_ready(cache)
   state_bytes = decode.state_bytes(cache)
@@ -79,9 +81,8 @@ def measure(kind: str, length: int, steps: int, max_full_prefill: int) -> dict:
 
 
 def plot(records: list[dict], path: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for kind in KINDS:
     pts = [r for r in records if r['kind'] == kind]

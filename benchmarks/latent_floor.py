@@ -140,9 +140,8 @@ def main() -> None:
 
 
 def plot(summary: dict, path: str, target: float) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   bottom = 0.0
   for name, k in sorted(summary['by_kind'].items()):

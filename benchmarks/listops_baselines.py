@@ -61,7 +61,7 @@ def main():
                       help='test examples per --workdir (the first ones)')
   args = parser.parse_args()
   from configs import listops_m64
-  from latent_flax import listops
+  from latent_flax.tasks import listops
 
   config = listops_m64.get_config().data
   splits = {s: listops.load(config, s) for s in listops.SPLITS}

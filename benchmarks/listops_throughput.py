@@ -29,7 +29,8 @@ def measure_one(kind: str, args) -> dict:
   import jax
   import numpy as np
   from configs import listops_m64
-  from latent_flax import config_lib, train_lib
+  from latent_flax import config_lib, optim, steps
+  from latent_flax.attention import registry
 
   config = listops_m64.get_config()
   config.model.attention = kind
@@ -37,9 +38,9 @@ def measure_one(kind: str, args) -> dict:
   config.model.num_latents = args.num_latents
   batch_size = args.batch or config.per_device_batch_size
   model = config_lib.build_model(config)
-  schedule = train_lib.learning_rate_schedule(config)
-  state = jax.jit(train_lib.make_init_fn(model, config))(jax.random.key(0))
-  step = jax.jit(lambda s, b, r: train_lib.train_step(s, b, r, axis_name=None, schedule=schedule),
+  schedule = optim.learning_rate_schedule(config)
+  state = jax.jit(steps.make_init_fn(model, config))(jax.random.key(0))
+  step = jax.jit(lambda s, b, r: steps.train_step(s, b, r, axis_name=None, schedule=schedule),
                  donate_argnums=(0,))
   rng = np.random.default_rng(0)
   lengths = rng.integers(args.seq_len // 4, args.seq_len + 1, batch_size)
@@ -55,7 +56,7 @@ def measure_one(kind: str, args) -> dict:
 
   first, seconds = common.time_fn(run, repeats=args.repeats)
   return {'status': 'ok', 'kind': kind, 'seq_len': args.seq_len, 'batch': int(batch_size),
-          'num_latents': args.num_latents if kind == 'latent' else None,
+          'num_latents': args.num_latents if registry.get(kind).has_latents else None,
           'seconds_per_step': seconds, 'first_call_seconds': first,
           'examples_per_sec': batch_size / seconds,
           'tokens_per_sec': batch_size * args.seq_len / seconds,
@@ -63,9 +64,8 @@ def measure_one(kind: str, args) -> dict:
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   ok = [r for r in records if r['status'] == 'ok']
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
   names = [r['kind'] for r in ok]

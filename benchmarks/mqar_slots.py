@@ -31,7 +31,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from latent_flax import config_lib, eval_lib, mqar  # noqa: E402
+from latent_flax import config_lib, eval_lib, tasks  # noqa: E402
+from latent_flax.attention import registry  # noqa: E402
+from latent_flax.tasks import mqar  # noqa: E402
 
 HOLD = 0.5  # a slot holds a pair when the pair gets at least this share of its attention
 
@@ -106,7 +108,8 @@ def check(workdir: str, pairs: int | None):
   config = eval_lib.workdir_config(workdir)
   m, d = config.model, config.data
   pairs = pairs or d.num_kv_pairs
-  if d.name != 'mqar' or m.attention != 'causal_latent':
+  kind = registry.get(m.attention)
+  if not isinstance(tasks.get(d.name), mqar.Mqar) or not (kind.causal and kind.has_latents):
     raise ValueError(f"{workdir} is a {m.attention} model on {d.name!r}; this reads the "
                      "compress step of a causal_latent model trained on mqar.")
   if 2 * pairs > m.chunk_size:
@@ -149,9 +152,8 @@ def analyse(workdir: str, config, pairs: int, num_examples: int) -> dict:
 
 
 def plot(result: dict, path: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   layers = result['layers']
   fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4.2 * (1 + len(layers)), 3.8))
   ax = axes[0]

@@ -91,9 +91,8 @@ def profile(kind: str, num_latents: int, n: int, width: int, heads: int, chunk: 
 
 def plot(records: list[dict], path: str) -> None:
   """Per op kind, one bar per attention kind (log y: the two differ by ~10x)."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(7.4, 4.2))
   width = 0.8 / len(records)
   for i, r in enumerate(records):

@@ -30,23 +30,12 @@ LENGTHS = [1024, 4096, 16384, 65536]
 KINDS = ['causal_latent', 'full']
 
 
-def forward_flops(kind: str, n: int, d: int, mlp: int, layers: int, m: int, c: int,
-                  vocab: int = 256) -> float:
-  """Matmul FLOPs of one forward pass over n tokens (2 per multiply-add)."""
-  per_layer = 2 * n * 2 * d * mlp  # MLP
-  if kind == 'full':
-    per_layer += 2 * n * 4 * d * d          # Q, K, V, O projections
-    per_layer += 2 * 2 * n * (n / 2) * d    # causal scores and values
-  else:
-    k = -(-n // c)
-    per_layer += 2 * n * 2 * d * d          # compress: token keys and values
-    per_layer += 2 * 2 * n * m * d          # compress: latent-token scores and values
-    per_layer += 2 * k * m * d * d          # compress: output projection of every prefix
-    per_layer += k * (2 * 4 * m * d * d + 2 * 2 * m * m * d)  # refine, every chunk
-    per_layer += 2 * n * 4 * d * d          # expand: token Q, K, V, O
-    per_layer += 2 * k * 2 * m * d * d      # expand: latent keys and values per chunk
-    per_layer += 2 * 2 * n * (m + c / 2) * d  # expand: scores and values
-  return layers * per_layer + 2 * n * d * vocab
+def forward_flops(cfg, n: int, vocab: int = 256) -> float:
+  """Matmul FLOPs of one forward pass over n tokens (2 per multiply-add) of a
+  model.ModelConfig: its attention kind's registry estimate, the MLP and the head."""
+  from latent_flax.attention import registry
+  per_layer = 2 * n * 2 * cfg.emb_dim * cfg.mlp_dim + registry.get(cfg.attention).flops(cfg, n)
+  return cfg.num_layers * per_layer + 2 * n * cfg.emb_dim * vocab
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype: str = 'float32') -> float:
@@ -65,7 +54,7 @@ def measure_one(kind: str, n: int, args) -> dict:
   import numpy as np
   from configs import base
   from latent_flax import model as model_lib
-  from latent_flax import train_lib
+  from latent_flax import optim, steps
 
   peak = matmul_peak_flops(2048 if jax.devices()[0].platform == 'cpu' else 8192, dtype=args.dtype)
   config = base.get_config()
@@ -74,9 +63,9 @@ def measure_one(kind: str, n: int, args) -> dict:
                       num_layers=args.layers, remat=args.remat)
   config.data.seq_len = n
   model = model_lib.build_model(config.model)
-  schedule = train_lib.learning_rate_schedule(config)
-  state = jax.jit(train_lib.make_init_fn(model, config))(jax.random.key(0))
-  step = jax.jit(lambda s, b, r: train_lib.train_step(s, b, r, axis_name=None, schedule=schedule),
+  schedule = optim.learning_rate_schedule(config)
+  state = jax.jit(steps.make_init_fn(model, config))(jax.random.key(0))
+  step = jax.jit(lambda s, b, r: steps.train_step(s, b, r, axis_name=None, schedule=schedule),
                  donate_argnums=(0,))
   tokens = np.random.default_rng(0).integers(0, 256, (1, n + 1)).astype(np.int32)
   batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
@@ -92,8 +81,7 @@ def measure_one(kind: str, n: int, args) -> dict:
     return metrics['loss']
 
   first, seconds = common.time_fn(run, repeats=3)
-  model_flops = 3 * forward_flops(kind, n, args.width, args.mlp, args.layers, args.num_latents,
-                                  args.chunk)
+  model_flops = 3 * forward_flops(model_lib.validate_model_config(config.model), n)
   return {'status': 'ok', 'kind': kind, 'n': n, 'seconds_per_step': seconds,
           'first_call_seconds': first, 'tokens_per_sec': n / seconds,
           'peak_rss_mb': common.peak_rss_mb(), 'device_peak_mb': common.device_peak_mb(),
@@ -103,9 +91,8 @@ def measure_one(kind: str, n: int, args) -> dict:
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from latent_flax import io_utils
+  plt = io_utils.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
   for kind in KINDS:
     pts = [r for r in records if r['kind'] == kind and r['status'] == 'ok']

@@ -5,24 +5,14 @@
 
 import ml_collections
 
+from latent_flax import config_lib
+from latent_flax import model as model_lib
+
 
 def model_config() -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  m.attention = 'causal_latent'  # 'causal_latent' (LM), 'full' (baseline), 'latent' (bidirectional)
-  m.num_latents = 64             # M: learnable latents per block
-  m.num_heads = 4                # H: heads in every attention (emb_dim must divide by it)
-  m.chunk_size = 128             # C: tokens per chunk in causal_latent
-  m.emb_dim = 128                # D: model width
-  m.mlp_dim = 512                # hidden width of the MLP
-  m.num_layers = 4               # number of blocks
-  m.dropout_rate = 0.0           # dropout on every residual branch while training
-  m.remat = False                # recompute each block in the backward pass (saves memory)
-  m.dtype = 'float32'            # compute dtype: 'float32' or 'bfloat16' (params stay float32)
-  m.input_positions = 'none'     # 'sinusoidal': absolute positions added to the embeddings
-                                 # (classification; the latent block is otherwise order-blind)
-  m.pooling = 'mean'             # classifier pooling: 'mean' over real tokens, or 'first'
-                                 # (the output at position 0)
-  return m
+  """config.model: every field at its default, defined once in latent_flax/model.py
+  (ModelConfig, with a comment per field)."""
+  return model_lib.default_model_config()
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -36,7 +26,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """arg: comma-separated overrides of model fields, e.g. 'heads=8,m=32,layers=2'."""
+  """arg: comma-separated overrides, e.g. 'heads=8,m=32,layers=2' (see apply_arg)."""
   config = ml_collections.ConfigDict()
   config.seed = 0                       # params, dropout and data order
   config.num_train_steps = 600          # optimizer steps
@@ -57,20 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-_ARG_FIELDS = {'m': 'num_latents', 'heads': 'num_heads', 'layers': 'num_layers',
-               'chunk': 'chunk_size', 'dim': 'emb_dim', 'attention': 'attention'}
-
-
 def apply_arg(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies 'key=value,...' overrides of model fields (short names above or full names)."""
-  if not arg:
-    return config
-  for item in arg.split(','):
-    key, sep, value = item.partition('=')
-    field = _ARG_FIELDS.get(key.strip(), key.strip())
-    if not sep or field not in config.model:
-      raise ValueError(f"config argument {item!r}: expected key=value with key in "
-                       f"{sorted(_ARG_FIELDS) + sorted(config.model.keys())}.")
-    current = config.model[field]
-    config.model[field] = type(current)(value) if not isinstance(current, str) else value
-  return config
+  """Applies 'key=value,...' overrides: short names (latent_flax/config_lib.SHORT_NAMES)
+  or dotted field names, each value typed as its field (m=abc is an error)."""
+  return config_lib.apply_overrides(config, arg)

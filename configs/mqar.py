@@ -4,15 +4,12 @@
     python train.py --config=configs/mqar.py:m=16,pairs=32,seq_len=512 --workdir=runs/mqar_m16
     python eval.py --workdir=runs/mqar          # recall accuracy on the fixed test set
 
-Arguments (comma-separated): `pairs` (key-value pairs), `seq_len`, `vocab`, and the
-model's short names of configs/base.py (`m`, `heads`, `chunk`, `dim`, `layers`,
-`attention`). Loss and accuracy count only at the answer positions.
+Arguments (comma-separated): the short names of latent_flax/config_lib.py, e.g.
+`pairs` (key-value pairs), `seq_len`, `vocab`, `m`, `heads`, `chunk`, `dim`, `layers`,
+`attn`. Loss and accuracy count only at the answer positions.
 """
 
 from configs import base
-
-_DATA_ARGS = {'pairs': 'num_kv_pairs', 'seq_len': 'seq_len', 'vocab': 'vocab_size'}
-
 
 def get_config(arg: str | None = None):
   config = base.get_config()
@@ -31,11 +28,4 @@ def get_config(arg: str | None = None):
   config.update(num_train_steps=1500, per_device_batch_size=32, learning_rate=3e-3,
                 warmup_steps=80, weight_decay=0.1, log_every_steps=100, eval_every_steps=500,
                 num_eval_steps=0, checkpoint_every_steps=250)
-  model_args = []
-  for item in (arg or '').split(','):
-    key, sep, value = item.partition('=')
-    if sep and key.strip() in _DATA_ARGS:
-      d[_DATA_ARGS[key.strip()]] = int(value)
-    elif item:
-      model_args.append(item)
-  return base.apply_arg(config, ','.join(model_args))
+  return base.apply_arg(config, arg)

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 
-from latent_flax import config_lib
-from latent_flax import data as data_lib
-
-_LABELS = {'eval_accuracy': 'eval accuracy (higher is better)',
-           'eval_bits_per_byte': 'eval bits per byte (lower is better)'}
+from latent_flax import config_lib, io_utils, tasks
+from latent_flax.attention import registry as attention_registry
+from latent_flax.tasks.registry import METRICS
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -51,19 +49,22 @@ def summarize(workdir: str) -> dict:
       raise ValueError(f"{workdir} has no {name}: pass train.py workdirs.")
   config = config_lib.load_saved_config(workdir)
   metrics = read_metrics(os.path.join(workdir, 'metrics.jsonl'))
-  metric = 'eval_accuracy' if config.data.name in data_lib.TASK_FIELDS else 'eval_bits_per_byte'
+  task = tasks.get(config.data.name)
+  metric = task.metric
+  kind = attention_registry.get(config.model.attention)
   evals = [m for m in metrics if metric in m]
   test = latest_eval_json(workdir, 'test')
   model = config.model
   return dict(
       run=os.path.basename(os.path.normpath(workdir)), attention=model.attention,
-      num_latents=model.num_latents if model.attention != 'full' else '',
+      label=kind.label(model),
+      num_latents=model.num_latents if kind.has_latents else '',
       num_heads=model.num_heads, metric=metric,
       step=metrics[-1]['step'], num_train_steps=config.num_train_steps,
       examples=metrics[-1]['step'] * _global_batch(metrics, config),
       eval_step=evals[-1]['step'] if evals else None,
       eval=evals[-1][metric] if evals else float('nan'),
-      best_eval=(max if metric == 'eval_accuracy' else min)(
+      best_eval=(min if task.lower_is_better else max)(
           (m[metric] for m in evals), default=float('nan')),
       test_step=test['step'] if test else None,
       test=(test['accuracy'] if metric == 'eval_accuracy' else test['bits_per_byte'])
@@ -112,20 +113,16 @@ def write(rows: list[dict], out_dir: str, title: str) -> list[str]:
     f.write('\n'.join(lines))
   for path, axis, xlabel in ((paths[1], 0, 'training step'),
                              (paths[2], 1, 'wall-clock time (min)')):
-    _plot(rows, axis, xlabel, _LABELS[metric], path, title)
+    _plot(rows, axis, xlabel, METRICS[metric][0], path, title)
   return paths
 
 
 def _plot(rows, axis, xlabel, ylabel, path, title):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for r in rows:
     xs = [p[axis] / (60 if axis == 1 else 1) for p in r['curve']]
-    label = r['run'] + (f" ({r['attention']}, M={r['num_latents']})" if r['num_latents']
-                        else f" ({r['attention']})")
-    ax.plot(xs, [p[2] for p in r['curve']], 'o-', label=label)
+    ax.plot(xs, [p[2] for p in r['curve']], 'o-', label=f"{r['run']} ({r['label']})")
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)

@@ -1,22 +1,89 @@
-"""Validation of whole experiment configs, before anything is compiled or written."""
+"""Whole experiment configs: validation before anything is compiled or written, the one
+parser of `configs/X.py:key=value,...` arguments, short names, the saved config.json.
+
+Short names (SHORT_NAMES) are the one spelling used by config arguments, sweep point
+names and hence workdir names: `configs/m64.py:m=32,heads=8` and a sweep point
+{'model.num_latents': 32, 'model.num_heads': 8} named 'm=32,heads=8'. A full dotted
+name (`model.mlp_dim=256`) works too.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import ml_collections
 
-from latent_flax import data as data_lib
+from latent_flax import io_utils, tasks
 from latent_flax import model as model_lib
+from latent_flax.attention import registry as attention_registry
 
 PARALLELISM = ('pmap', 'jit')
-# Model fields that change parameter shapes: a workdir trained with other values
-# cannot be resumed.
-SHAPE_FIELDS = ('attention', 'num_latents', 'num_heads', 'emb_dim', 'mlp_dim', 'num_layers')
-# Fields that change what the saved parameters compute, with the value of configs
-# saved before the field existed.
-FUNCTION_FIELDS = {'input_positions': 'none', 'pooling': 'mean'}
+SHORT_NAMES = {
+    'attn': 'model.attention', 'm': 'model.num_latents', 'heads': 'model.num_heads',
+    'chunk': 'model.chunk_size', 'dim': 'model.emb_dim', 'mlp': 'model.mlp_dim',
+    'layers': 'model.num_layers', 'pairs': 'data.num_kv_pairs', 'seq_len': 'data.seq_len',
+    'vocab': 'data.vocab_size', 'steps': 'num_train_steps', 'seed': 'seed',
+    'lr': 'learning_rate', 'batch': 'per_device_batch_size'}
+_SHORT_OF = {v: k for k, v in SHORT_NAMES.items()}
+
+
+def short_name(dotted: str) -> str:
+  """'model.num_latents' -> 'm'; a field without a short name keeps its dotted name."""
+  return _SHORT_OF.get(dotted, dotted)
+
+
+def parse_value(text: str, current: Any, where: str) -> Any:
+  """`text` as the type of the field's current value; one-line ValueError if it is not."""
+  text = text.strip()
+  if isinstance(current, bool):
+    values = {'true': True, '1': True, 'false': False, '0': False}
+    if text.lower() not in values:
+      raise ValueError(f"{where}={text!r} must be True or False.")
+    return values[text.lower()]
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise ValueError(f"{where}={text!r} must be an integer.") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"{where}={text!r} must be a number.") from None
+  return text
+
+
+def _resolve(config: ml_collections.ConfigDict, key: str) -> str:
+  """A short name, a dotted field, or a bare field name found in exactly one section."""
+  if key in SHORT_NAMES or '.' in key:
+    return SHORT_NAMES.get(key, key)
+  found = [prefix + key for prefix, node in (('', config), ('model.', config.get('model')),
+                                             ('data.', config.get('data')))
+           if isinstance(node, ml_collections.ConfigDict) and key in node
+           and not isinstance(node[key], ml_collections.ConfigDict)]
+  return found[0] if len(found) == 1 else key
+
+
+def apply_overrides(config: ml_collections.ConfigDict, arg: str | None
+                    ) -> ml_collections.ConfigDict:
+  """Applies 'key=value,...' (short names or dotted field names), typed as the fields are."""
+  for item in (arg or '').split(','):
+    if not item.strip():
+      continue
+    key, sep, value = item.partition('=')
+    dotted = _resolve(config, key.strip())
+    *parents, leaf = dotted.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not sep or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ValueError(f"config argument {item!r}: expected key=value with key a short name "
+                       f"({', '.join(SHORT_NAMES)}), a field name such as remat, or a dotted "
+                       "field such as model.mlp_dim.")
+    node[leaf] = parse_value(value, node[leaf], f"config argument {key.strip()}")
+  return config
 
 
 def _need(ok: bool, message: str) -> None:
@@ -30,8 +97,8 @@ def _is_int(v) -> bool:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one line naming the bad field and what is allowed."""
-  data_lib.validate_data_config(config.data)
-  model_lib.validate_model_config(config.model, task=data_lib.task_of(config.data))
+  tasks.validate(config.data)
+  model_lib.validate_model_config(config.model, task=tasks.get(config.data.name).kind)
   for name in ('num_train_steps', 'per_device_batch_size', 'log_every_steps',
                'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     value = config[name]
@@ -51,13 +118,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def build_model(config: ml_collections.ConfigDict):
-  """The Module the data set's task needs: LanguageModel, or Classifier for listops."""
-  task = data_lib.task_of(config.data)
-  num_classes = None
-  if task == 'classify':
-    from latent_flax import listops
-    num_classes = listops.NUM_CLASSES
-  return model_lib.build_model(config.model, task=task, num_classes=num_classes)
+  """The Module the data set's task needs: a LanguageModel, or a Classifier."""
+  task = tasks.get(config.data.name)
+  return model_lib.build_model(config.model, task=task.kind, num_classes=task.num_classes)
 
 
 def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:
@@ -71,9 +134,9 @@ def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:
 def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
                      workdir: str) -> None:
   """Refuses a config whose params, or what they compute, differ from the workdir's saved one."""
-  fields = {**{k: None for k in SHAPE_FIELDS}, **FUNCTION_FIELDS}
-  if config.model.attention == 'causal_latent':  # the chunk size sets what each summary covers
-    fields['chunk_size'] = None
+  kind = attention_registry.get(config.model.attention)
+  fields = {**{k: None for k in model_lib.SHAPE_FIELDS}, **model_lib.FUNCTION_FIELDS,
+            **{k: None for k in kind.function_fields}}
   differ = [f"model.{k}: saved {saved.model.get(k, old)!r} vs new {config.model.get(k, old)!r}"
             for k, old in fields.items() if saved.model.get(k, old) != config.model.get(k, old)]
   if differ:
@@ -82,9 +145,5 @@ def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.Co
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  io_utils.write_json(os.path.join(workdir, 'config.json'), json.loads(
+      config.to_json_best_effort(sort_keys=True)))

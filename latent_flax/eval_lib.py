@@ -1,46 +1,31 @@
-"""Evaluate a saved checkpoint: loss and accuracy, and for corpora bits per byte by position."""
+"""Evaluate a saved checkpoint on the task's evaluation sets; the result is written as JSON."""
 
 from __future__ import annotations
 
-import json
 import os
 from typing import NamedTuple
 
 import jax
 import ml_collections
 
-from latent_flax import config_lib
-from latent_flax import data as data_lib
-from latent_flax import train_lib
+from latent_flax import checkpoint, config_lib, evaluation, io_utils, steps, tasks
+from latent_flax.parallel import Parallel
 
 
 class Restored(NamedTuple):
-  state: train_lib.TrainState  # replicated over all devices (jit layout)
-  data_state: dict             # the training data position saved with it
+  state: steps.TrainState  # replicated over all devices (jit layout)
+  data_state: dict         # the training data position saved with it
   step: int
-  parallel: train_lib.Parallel
+  parallel: Parallel
 
 
 def restore_checkpoint(workdir: str, config: ml_collections.ConfigDict,
-                       step: int | None = None) -> Restored:
-  """Restores `step` (default: latest) of workdir for `config`; one clear line on failure."""
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise ValueError(f"{workdir} holds no checkpoints; train first or point at another workdir.")
+                       step: int | str | None = None) -> Restored:
+  """Restores `step` (default: latest; 'best') of workdir for `config`, in the jit layout."""
   model = config_lib.build_model(config)
-  parallel = train_lib.Parallel('jit', model, config)
-  mngr = train_lib.checkpoint_manager(workdir, config, read_only=True)
-  try:
-    steps = mngr.all_steps()
-    if not steps:
-      raise ValueError(f"{workdir}/checkpoints holds no complete checkpoint.")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise ValueError(f"--step={step} is not saved in {workdir}; saved steps: {list(steps)}.")
-    target = train_lib.abstract_state(model, config, parallel.replicated)
-    state, data_state = train_lib.restore(mngr, step, target, workdir)
-  finally:
-    mngr.close()
-  return Restored(state, data_state, int(step), parallel)
+  parallel = Parallel('jit', model, config)
+  r = checkpoint.restore_workdir(workdir, config, model, step, sharding=parallel.replicated)
+  return Restored(r.state, r.data_state, r.step, parallel)
 
 
 def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
@@ -56,33 +41,28 @@ def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
   return config
 
 
-def evaluate_checkpoint(workdir: str, step: int | None = None,
+def evaluate_checkpoint(workdir: str, step: int | str | None = None,
                         config: ml_collections.ConfigDict | None = None,
                         num_eval_steps: int | None = None, split: str = 'validation') -> dict:
   """Restores `step` (default: latest) from workdir, evaluates `split`, writes its JSON.
 
   The JSON is workdir/eval_step_<S>.json for the validation split and
-  eval_<split>_step_<S>.json for another. MQAR results also carry `recall_accuracy`,
-  `recall_by_pairs` and `recall_across_chunks_by_pairs` (answers whose pair lies in an
-  earlier chunk of config.model.chunk_size, with their count).
+  eval_<split>_step_<S>.json for another. The task adds its own results (MQAR:
+  `recall_accuracy`, `recall_by_pairs`, `recall_across_chunks_by_pairs`).
   """
   config = workdir_config(workdir, config)
-  windows = data_lib.load_windows(config.data, split)  # a bad split fails before restoring
+  task = tasks.get(config.data.name)
+  tasks.load(config.data, split)  # a bad split fails before restoring
+  sets, main = task.eval_sets(config.data, config.model, split)
   restored = restore_checkpoint(workdir, config, step)
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
-  probes = data_lib.recall_probe_sets(config.data) if split != 'train' else {}
-  probes = data_lib.with_across_chunk_weights(probes, config.model.chunk_size)
-  result = train_lib.evaluate(restored.parallel, restored.state.params, windows, global_batch, n,
-                              probes)
+  result = evaluation.evaluate(restored.parallel, restored.state.params, task, sets, main,
+                               global_batch, n)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
-  if config.data.name == 'mqar':
-    result['recall_accuracy'] = result['accuracy']
   if jax.process_index() == 0:
     name = 'eval' if split == 'validation' else f'eval_{split}'
     path = os.path.join(workdir, f'{name}_step_{restored.step}.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(result, f, indent=2)
-    os.replace(path + '.tmp', path)
+    io_utils.write_json(path, result)
     result['path'] = path
   return result

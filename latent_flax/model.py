@@ -6,14 +6,14 @@ Classifier: the same stack with bidirectional attention over a padding mask, the
 pooling (`pooling='mean'`: the masked mean over real tokens; 'first': the output at
 position 0) -> logits_BK over K classes.
 
-Positions: rotary embeddings inside token-token attention (attention.py). The
+Positions: rotary embeddings inside token-token attention (latent_flax/attention/). The
 bidirectional latent block has no token-token attention, so without more a latent
 classifier sees a bag of tokens; `input_positions='sinusoidal'` adds the fixed
 absolute encoding to the token embeddings (classification only; the ListOps
 configs use it, since the answer hangs on which operator comes first).
 
-The attention kind comes from `config.attention` in {'latent', 'causal_latent',
-'full'}; see attention.py for the cost of each. Parameters are float32; `dtype`
+The attention kind comes from `config.attention`, a name in
+latent_flax/attention/registry.py, which says what each costs. Parameters are float32; `dtype`
 sets the compute dtype.
 """
 
@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from latent_flax import attention
+from latent_flax.attention import registry
 
 VOCAB_SIZE = 256
-ATTENTION_KINDS = ('latent', 'causal_latent', 'full')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 INPUT_POSITIONS = ('none', 'sinusoidal')
 POOLINGS = ('mean', 'first')
@@ -38,20 +37,26 @@ POOLINGS = ('mean', 'first')
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Hashable mirror of `config.model` (see configs/base.py for field meanings)."""
+  """The one definition of the model fields and their defaults (`config.model`).
 
-  attention: str = 'causal_latent'
-  num_latents: int = 64
-  num_heads: int = 4
-  chunk_size: int = 128
-  emb_dim: int = 256
-  mlp_dim: int = 1024
-  num_layers: int = 4
-  dropout_rate: float = 0.0
-  remat: bool = False
-  dtype: str = 'float32'
-  input_positions: str = 'none'
-  pooling: str = 'mean'
+  configs/base.py builds config.model from these defaults; a field only some
+  attention kinds read is listed in that kind's registry entry (`fields`).
+  """
+
+  attention: str = 'causal_latent'  # a kind of latent_flax/attention/registry.py
+  num_latents: int = 64             # M: learnable latents per block (latent kinds)
+  num_heads: int = 4                # H: heads in every attention (emb_dim must divide by it)
+  chunk_size: int = 128             # C: tokens per chunk (causal_latent)
+  emb_dim: int = 128                # D: model width
+  mlp_dim: int = 512                # hidden width of the MLP
+  num_layers: int = 4               # number of blocks
+  dropout_rate: float = 0.0         # dropout on every residual branch while training
+  remat: bool = False               # recompute each block in the backward pass (saves memory)
+  dtype: str = 'float32'            # compute dtype: 'float32' or 'bfloat16' (params stay float32)
+  input_positions: str = 'none'     # 'sinusoidal': absolute positions added to the embeddings
+                                    # (classification; the latent block is otherwise order-blind)
+  pooling: str = 'mean'             # classifier pooling: 'mean' over real tokens, or 'first'
+                                    # (the output at position 0)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict | dict) -> 'ModelConfig':
@@ -63,6 +68,17 @@ class ModelConfig:
     return cls(**values)
 
 
+def default_model_config() -> ml_collections.ConfigDict:
+  """config.model with every field at its ModelConfig default."""
+  return ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
+
+
+# Shape of the model: a workdir trained with other values cannot be resumed.
+SHAPE_FIELDS = ('attention', 'num_latents', 'num_heads', 'emb_dim', 'mlp_dim', 'num_layers')
+# What the same parameters compute, with the value configs saved before the field existed.
+FUNCTION_FIELDS = {'input_positions': 'none', 'pooling': 'mean'}
+
+
 def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
                           task: str = 'lm') -> ModelConfig:
   """Returns the config as a ModelConfig or raises ValueError with one clear line."""
@@ -72,8 +88,7 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
     if not ok:
       raise ValueError(message)
 
-  need(cfg.attention in ATTENTION_KINDS,
-       f"config.model.attention={cfg.attention!r} is unknown; use one of {list(ATTENTION_KINDS)}.")
+  kind = registry.get(cfg.attention)
   for name in ('num_latents', 'num_heads', 'chunk_size', 'emb_dim', 'mlp_dim', 'num_layers'):
     value = getattr(cfg, name)
     need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -84,7 +99,7 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
   need((cfg.emb_dim // cfg.num_heads) % 2 == 0,
        f"config.model.emb_dim / num_heads = {cfg.emb_dim // cfg.num_heads} must be even "
        "(rotary embeddings rotate pairs of channels).")
-  need(0.0 <= cfg.dropout_rate < 1.0,
+  need(isinstance(cfg.dropout_rate, (int, float)) and 0.0 <= cfg.dropout_rate < 1.0,
        f"config.model.dropout_rate={cfg.dropout_rate} must be in [0, 1).")
   need(cfg.dtype in DTYPES,
        f"config.model.dtype={cfg.dtype!r} is unknown; use one of {list(DTYPES)}.")
@@ -101,26 +116,20 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
     need(cfg.input_positions == 'none',
          f"config.model.input_positions={cfg.input_positions!r} is for classification; a "
          "language model takes positions from rotary attention: use 'none'.")
-    need(cfg.attention != 'latent',
-         "config.model.attention='latent' cannot do language modelling: its latents read the "
-         "whole sequence, so position t would see tokens after t; use 'causal_latent' or 'full'.")
+    need(kind.causal,
+         f"config.model.attention={cfg.attention!r} cannot do language modelling: it is "
+         "bidirectional, so position t would see tokens after t; use one of "
+         f"{registry.names(causal=True)}.")
   else:
-    need(cfg.attention != 'causal_latent',
-         "config.model.attention='causal_latent' is for language modelling; classification "
-         "reads the whole sequence: use 'latent' (bidirectional) or 'full'.")
+    need(kind.bidirectional,
+         f"config.model.attention={cfg.attention!r} is causal only; classification reads the "
+         f"whole sequence: use one of {registry.names(bidirectional=True)}.")
   return cfg
 
 
 def make_attention(cfg: ModelConfig, *, causal: bool = True, name: str | None = None) -> nn.Module:
   """The attention block of kind `cfg.attention`, with its own pre-LN and residual."""
-  common = dict(num_heads=cfg.num_heads, dropout_rate=cfg.dropout_rate,
-                dtype=DTYPES[cfg.dtype], name=name)
-  if cfg.attention == 'full':
-    return attention.FullAttention(causal=causal, **common)
-  if cfg.attention == 'causal_latent':
-    return attention.CausalLatentAttention(
-        num_latents=cfg.num_latents, chunk_size=cfg.chunk_size, **common)
-  return attention.LatentAttention(num_latents=cfg.num_latents, **common)
+  return registry.make_layer(cfg, causal=causal, dtype=DTYPES[cfg.dtype], name=name)
 
 
 class Block(nn.Module):
@@ -192,7 +201,7 @@ class LanguageModel(nn.Module):
 class Classifier(nn.Module):
   """Sequence classifier. apply({'params': p}, tokens_BN, mask_BN) -> logits_BK.
 
-  Attention is bidirectional ('latent' or 'full' with causal=False). `mask_BN`
+  Attention is bidirectional (a kind whose registry entry says `bidirectional`). `mask_BN`
   (True = real token; default: every token; real tokens come first) keeps padded
   tokens out of every attention as keys and out of the pooled mean, so what padding
   holds cannot change the logits.

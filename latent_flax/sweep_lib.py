@@ -1,11 +1,13 @@
 """Sweeps: a grid of config overrides, one training run per point, and a report.
 
-A sweep is a config module with
+A sweep is a config module (configs/sweeps/) with
     BASE = 'configs/base.py'           # the config file every point overrides
     COMMON = {'num_train_steps': 300}  # overrides shared by every point (optional)
     def get_sweep() -> list[dict]      # one {'model.num_latents': 16, ...} per point
     REPORT = {'metric': 'eval_accuracy', 'lines': 'data.num_kv_pairs'}  # optional
-Each point trains with `python train.py --config=BASE --config.<key>=<value> ...` in
+A module with presets takes `--sweep=FILE:NAME`: get_sweep(NAME) then returns a dict
+with 'points' and optionally 'common' and 'report', which replace the module's.
+Every point is validated before the first one runs. Each point trains with `python train.py --config=BASE --config.<key>=<value> ...` in
 its own sub-workdir named from its overrides, so the same lines can go to a cluster
 scheduler (`point_commands`) or run here one after another (`run_sweep`).
 """
@@ -27,21 +29,15 @@ from typing import Any
 import jax
 import ml_collections
 
-from latent_flax import compare_lib
-from latent_flax import config_lib
+from latent_flax import compare_lib, config_lib, io_utils
 from latent_flax import model as model_lib
+from latent_flax.attention import registry as attention_registry
+from latent_flax.tasks import registry as task_registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SHORT = {'model.attention': 'attn', 'model.num_latents': 'm', 'model.num_heads': 'heads',
-          'model.chunk_size': 'chunk', 'model.emb_dim': 'dim', 'model.num_layers': 'layers',
-          'data.num_kv_pairs': 'pairs', 'data.seq_len': 'len', 'num_train_steps': 'steps',
-          'seed': 'seed'}
 # What a report plots against M, one line per value of `lines` (REPORT in a sweep module).
-METRICS = {'eval_bits_per_byte': 'eval bits per byte (lower is better)',
-           'eval_accuracy': 'eval accuracy (higher is better)'}
+METRICS = {name: label for name, (label, _) in task_registry.METRICS.items()}
 DEFAULT_REPORT = {'metric': 'eval_bits_per_byte', 'lines': 'model.num_heads'}
-# MQAR: one line per test set's number of pairs, all answers or only those across chunks.
-RECALL_LINES = ('recall_by_pairs', 'recall_across_chunks_by_pairs')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,28 +48,88 @@ class Sweep:
   report: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_REPORT))
 
 
-def load_sweep(path: str) -> Sweep:
-  """Reads a sweep module; one clear line if it is not one."""
+def _load_module(path: str, what: str):
+  """Executes a Python file as a module; one clear line if it does not load."""
   if not os.path.isfile(path):
-    raise ValueError(f"--sweep={path!r} does not exist; give a file like configs/sweep_quick.py.")
-  spec = importlib.util.spec_from_file_location('_sweep_module', path)
+    raise ValueError(f"{what}={path!r} does not exist.")
+  spec = importlib.util.spec_from_file_location('_loaded_' + what.strip('-').replace('.', '_'),
+                                                path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # a syntax error or a failing import in the user's file
+    where = f" (line {e.lineno})" if isinstance(e, SyntaxError) else ''
+    raise ValueError(f"{path} does not load{where}: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}".rstrip()) from None
+  return module
+
+
+def load_sweep(path: str) -> Sweep:
+  """Reads a sweep module (`FILE` or `FILE:PRESET`); one clear line if it is not one."""
+  file, _, preset = path.partition(':')
+  if not os.path.isfile(file):
+    raise ValueError(f"--sweep={file!r} does not exist; give a file like "
+                     "configs/sweeps/quick.py.")
+  module = _load_module(file, '--sweep')
   if not hasattr(module, 'get_sweep') or not hasattr(module, 'BASE'):
-    raise ValueError(f"{path} is not a sweep: it needs BASE (a config file) and get_sweep().")
-  points = list(module.get_sweep())
+    raise ValueError(f"{file} is not a sweep: it needs BASE (a config file) and get_sweep().")
+  common = dict(getattr(module, 'COMMON', {}))
+  report = {**DEFAULT_REPORT, **getattr(module, 'REPORT', {})}
+  presets = getattr(module, 'PRESETS', None)
+  if presets is not None and preset not in presets:
+    raise ValueError(f"{file} has presets {sorted(presets)}: use --sweep={file}:NAME.")
+  if presets is None and preset:
+    raise ValueError(f"{file} has no presets; use --sweep={file}.")
+  got = module.get_sweep(preset) if presets is not None else module.get_sweep()
+  if isinstance(got, dict):
+    common = {**common, **got.get('common', {})}
+    report = {**report, **got.get('report', {})}
+    got = got['points']
+  points = list(got)
   if not points:
     raise ValueError(f"{path}: get_sweep() returned no points.")
-  report = {**DEFAULT_REPORT, **getattr(module, 'REPORT', {})}
   if report['metric'] not in METRICS:
     raise ValueError(f"{path}: REPORT['metric']={report['metric']!r} is unknown; use one of "
                      f"{list(METRICS)}.")
-  return Sweep(module.BASE, dict(getattr(module, 'COMMON', {})), points, report)
+  return Sweep(module.BASE, common, points, report)
 
 
 def point_name(overrides: dict[str, Any]) -> str:
-  """Sub-workdir name, e.g. 'attn=causal_latent,m=16,heads=2'."""
-  return ','.join(f"{_SHORT.get(k, k)}={v}" for k, v in overrides.items())
+  """Sub-workdir name in the config arguments' short names, e.g. 'attn=full,m=16,heads=2'."""
+  return ','.join(f"{config_lib.short_name(k)}={v}" for k, v in overrides.items())
+
+
+def point_config(sweep: Sweep, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """The config one point trains with, validated; one clear line naming a bad key or value."""
+  config = _load_module(os.path.join(REPO, sweep.base) if not os.path.isabs(sweep.base)
+                        else sweep.base, 'BASE').get_config()
+  for dotted, value in {**sweep.common, **overrides}.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ValueError(f"{dotted!r} is not a config field of {sweep.base}.")
+    try:
+      node[leaf] = value
+    except TypeError:
+      raise ValueError(f"{dotted}={value!r} does not fit the field's type "
+                       f"({type(node[leaf]).__name__}).") from None
+  config_lib.validate_config(config)
+  return config
+
+
+def validate_points(sweep: Sweep) -> None:
+  """Every point's config is valid and every point has its own workdir, or one clear line."""
+  names = set()
+  for i, overrides in enumerate(sweep.points, 1):
+    try:
+      point_config(sweep, overrides)
+    except ValueError as e:
+      raise ValueError(f"point {i}/{len(sweep.points)} ({point_name(overrides)}): {e}") from None
+    names.add(point_name(overrides))
+  if len(names) != len(sweep.points):
+    raise ValueError("two points of the sweep share a name (and a workdir); make them differ.")
 
 
 def point_argv(sweep: Sweep, overrides: dict[str, Any], workdir: str) -> list[str]:
@@ -114,7 +170,11 @@ def is_done(workdir: str) -> bool:
 
 
 def run_sweep(sweep: Sweep, workdir: str, *, python: str = sys.executable, env=None) -> bool:
-  """Runs every unfinished point in order (resuming interrupted ones); True when all done."""
+  """Runs every unfinished point in order (resuming interrupted ones); True when all done.
+
+  Every point is validated first: an invalid one stops the sweep before anything runs.
+  """
+  validate_points(sweep)
   os.makedirs(workdir, exist_ok=True)
   total, started = len(sweep.points), time.time()
   ran = 0
@@ -176,10 +236,10 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
   """One row per run directory under workdir that has config.json and metrics.jsonl.
 
   `line` in each row is the run's value of the config field `lines` (e.g.
-  'model.num_heads'): the report draws one line per value. lines='recall_by_pairs'
-  (MQAR) instead gives one row per test set a run was evaluated on, with
-  eval_accuracy that set's recall and `line` its number of pairs;
-  lines='recall_across_chunks_by_pairs' the same for answers across chunks only.
+  'model.num_heads'): the report draws one line per value. `lines` may instead name
+  one of the task's dict-valued eval results (Task.eval_extras, e.g. MQAR's
+  'recall_by_pairs' or 'recall_across_chunks_by_pairs'): one row per entry of it,
+  with eval_accuracy that entry's value and `line` its key.
   """
   rows = []
   for name in sorted(os.listdir(workdir)):
@@ -188,29 +248,34 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
             and os.path.exists(os.path.join(run, 'metrics.jsonl'))):
       continue
     config = config_lib.load_saved_config(run)
+    task = task_registry.get(config.data.name)
+    kind = attention_registry.get(config.model.attention)
+    by_result = lines in task.eval_extras
     metrics = compare_lib.read_metrics(os.path.join(run, 'metrics.jsonl'))
     evals = [m for m in metrics if 'eval_loss' in m]
     last = evals[-1] if evals else {}
     bpb = last.get('eval_bits_per_byte', float('nan'))
     accuracy = last.get('eval_accuracy', float('nan'))
-    by_pairs = last.get(f'eval_{lines}', {}) if lines in RECALL_LINES else {}
+    by_pairs = last.get(f'eval_{lines}', {}) if by_result else {}
     full = compare_lib.latest_eval_json(run, 'validation')  # eval.py's fuller evaluation
     if full is not None and evals and full['step'] == last['step']:
       bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
       by_pairs = full.get(lines, by_pairs)
-    latent = config.model.attention != 'full'
+    fields = kind.field_values(config.model)
     row = dict(
-        run=name, attention=config.model.attention,
-        num_latents=config.model.num_latents if latent else '',
-        num_heads=config.model.num_heads,
-        chunk_size=config.model.chunk_size if config.model.attention == 'causal_latent' else '',
+        run=name, attention=config.model.attention, label=kind.label(config.model),
+        has_latents=kind.has_latents,
+        num_latents=fields.get('num_latents', ''), num_heads=config.model.num_heads,
+        chunk_size=fields.get('chunk_size', ''),
+        line_name=task.extras_line_name if by_result else lines.split('.')[-1],
+        title_suffix=task.eval_extras[lines][1] if by_result else '',
         steps=config.num_train_steps, seed=config.seed, line=_lookup(config, lines),
         num_params=_num_params(config),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
         **compare_lib.run_costs(metrics),
         done=is_done(run), step=metrics[-1]['step'],
         curves={k: [(m['step'], m[k]) for m in evals if k in m] for k in METRICS})
-    if lines in RECALL_LINES:
+    if by_result:
       rows.extend({**row, 'line': int(p), 'eval_accuracy': a,
                    'curves': {'eval_accuracy': [(m['step'], m[f'eval_{lines}'][p])
                                                 for m in evals
@@ -224,8 +289,10 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
 
 
 def _better(metric: str):
-  """The best of several seeds' values: min for bits per byte, max otherwise."""
-  return min if metric == 'eval_bits_per_byte' else max
+  """The best of several seeds' values: min where lower is better, else max (also for
+  what is not a task metric, such as tokens_per_sec)."""
+  lower = metric in task_registry.METRICS and task_registry.lower_is_better(metric)
+  return min if lower else max
 
 
 def over_seeds(rows: list[dict], metric: str) -> list[dict]:
@@ -248,9 +315,9 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
   """report.md, report.csv, <metric>_vs_m.png, tokens_per_sec_vs_m.png, <metric>_vs_step.png."""
   report = {**DEFAULT_REPORT, **(report or {})}
   metric, lines_key = report['metric'], report['lines']
-  line_name = 'pairs' if lines_key in RECALL_LINES else lines_key.split('.')[-1]
-  if lines_key == 'recall_across_chunks_by_pairs':
-    title += ': recall of the answers across chunks'
+  line_name = rows[0]['line_name'] if rows else lines_key.split('.')[-1]
+  if rows and rows[0]['title_suffix']:
+    title += f": {rows[0]['title_suffix']}"
   os.makedirs(out_dir, exist_ok=True)
   short = 'bpb' if metric == 'eval_bits_per_byte' else metric.replace('eval_', '')
   paths = [os.path.join(out_dir, n) for n in
@@ -301,12 +368,10 @@ def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: s
                  line_name: str) -> None:
   """The periodic eval of every run against the step: one panel per `line` value.
 
-  Colour is M (full attention black), line style is the seed, so runs still on a
+  Colour is M (kinds without latents black), line style is the seed, so runs still on a
   plateau, or still improving at the last step, show at a glance.
   """
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = io_utils.pyplot()
   groups = sorted({r['line'] for r in rows}, key=lambda v: (str(type(v)), v))
   fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups) + 1, 3.8), squeeze=False,
                            sharey=True)
@@ -320,9 +385,7 @@ def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: s
       curve = r['curves'].get(metric, [])
       if r['line'] != line or not curve:
         continue
-      label = ('full' if r['attention'] == 'full' else f"M={r['num_latents']}") + (
-          f", chunk {r['chunk_size']}" if r['chunk_size'] else '') + (
-          f", seed {r['seed']}" if len(seeds) > 1 else '')
+      label = r['label'] + (f", seed {r['seed']}" if len(seeds) > 1 else '')
       ax.plot(*zip(*curve), styles[r['seed']], color=color.get(r['num_latents'], 'k'),
               marker='.', label=label)
     ax.set_title(f'{line_name}={line}', fontsize=9)
@@ -338,19 +401,17 @@ def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: s
 
 def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str,
           line_name: str) -> None:
-  """key vs M for causal_latent/latent, one line per `line` value; full as dashed levels.
+  """key vs M for the latent kinds, one line per `line` value; the others as dashed levels.
 
   With several seeds per point the line joins the best seed's values and every
   seed is a faint dot. Runs that differ from the most common chunk size are left
   out of the lines (a chunk-size probe is read from the table).
   """
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   merged = over_seeds(rows, key)
   seeded = any(len(g['seeds']) > 1 for g in merged)
-  latent = [g for g in merged if g['attention'] != 'full']
+  latent = [g for g in merged if g['has_latents']]
   chunks = [g['chunk_size'] for g in latent]
   main_chunk = max(set(chunks), key=chunks.count) if chunks else ''
   groups = sorted({g['line'] for g in merged}, key=lambda v: (str(type(v)), v))
@@ -367,9 +428,9 @@ def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str,
         ax.plot([m for m, g in points for _ in g['values']],
                 [v for _, g in points for v in g['values']], '.', color=colors[line], alpha=0.35)
     for g in merged:
-      if g['attention'] == 'full' and g['line'] == line:
+      if not g['has_latents'] and g['line'] == line:
         ax.axhline(g['best'], color=colors[line], ls='--',
-                   label=f'full attention, {line_name}={line}')
+                   label=f"{g['label']}, {line_name}={line}")
   ax.set_xscale('log', base=2)
   ax.set_xlabel('latents per block M' + (f' (chunk size {main_chunk})' if main_chunk else ''))
   ax.set_ylabel(ylabel)

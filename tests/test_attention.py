@@ -156,8 +156,8 @@ def test_combine_is_associative_and_matches_softmax():
     m = s[i:i + 4].max()
     p = jnp.exp(s[i:i + 4] - m)
     parts.append((m, p.sum(), (p[:, None] * v[i:i + 4]).sum(0)))
-  left = attention._combine_softmax_triples(attention._combine_softmax_triples(parts[0], parts[1]), parts[2])
-  right = attention._combine_softmax_triples(parts[0], attention._combine_softmax_triples(parts[1], parts[2]))
+  left = attention.combine_softmax_triples(attention.combine_softmax_triples(parts[0], parts[1]), parts[2])
+  right = attention.combine_softmax_triples(parts[0], attention.combine_softmax_triples(parts[1], parts[2]))
   expected = jax.nn.softmax(s) @ v
   np.testing.assert_allclose(left[2] / left[1], expected, rtol=1e-5)
   np.testing.assert_allclose(right[2] / right[1], expected, rtol=1e-5)

@@ -6,6 +6,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from latent_flax import data
+from latent_flax import tasks
+from latent_flax.tasks import corpus
 
 
 def _dc(**kw):
@@ -57,8 +59,8 @@ def test_eval_batches_cover_split_once_with_zero_weight_padding():
 def test_text_files_single_file_splits_90_10(tmp_path):
   f = tmp_path / 'a.txt'
   f.write_bytes(bytes(range(200)) * 5)
-  train = data.load_split(_dc(path=str(f)), 'train')
-  val = data.load_split(_dc(path=str(f)), 'validation')
+  train = corpus.load_split(_dc(path=str(f)), 'train')
+  val = corpus.load_split(_dc(path=str(f)), 'validation')
   assert len(train) == 900 and len(val) == 100
   assert bytes(train) + bytes(val) == f.read_bytes()
 
@@ -66,8 +68,8 @@ def test_text_files_single_file_splits_90_10(tmp_path):
 def test_text_files_folder_splits_by_file(tmp_path):
   for i in range(40):
     (tmp_path / f'f{i}.txt').write_text(f'file {i} ' * 10)
-  train = data.decode(data.load_split(_dc(path=str(tmp_path)), 'train'))
-  val = data.decode(data.load_split(_dc(path=str(tmp_path)), 'validation'))
+  train = data.decode(corpus.load_split(_dc(path=str(tmp_path)), 'train'))
+  val = data.decode(corpus.load_split(_dc(path=str(tmp_path)), 'validation'))
   assert 0 < len(val) < len(train)
   for i in range(40):
     assert (f'file {i} ' in train) != (f'file {i} ' in val)
@@ -75,15 +77,15 @@ def test_text_files_folder_splits_by_file(tmp_path):
 
 def test_tfds_catalog_dataset_with_mock_data():
   with tfds.testing.mock_data(num_examples=3):
-    train = data.load_split(_dc(name='tfds:tiny_shakespeare'), 'train')
+    train = corpus.load_split(_dc(name='tfds:tiny_shakespeare'), 'train')
   assert len(train) > 0 and train.dtype == np.uint8
 
 
 def test_stdlib_builder_lists_sources_without_tests():
-  files = data.stdlib_files()
+  files = corpus.stdlib_files()
   assert any(f.endswith('/json/decoder.py') for f in files)
   assert not any('/test/' in f or '/site-packages/' in f for f in files)
-  assert data.stdlib_builder_class().BUILDER_CONFIGS[0].name.startswith('cpython_')
+  assert corpus.stdlib_builder_class().BUILDER_CONFIGS[0].name.startswith('cpython_')
 
 
 @pytest.mark.parametrize('kw,message', [
@@ -94,7 +96,7 @@ def test_stdlib_builder_lists_sources_without_tests():
 ])
 def test_bad_data_config_gives_one_clear_line(kw, message):
   with pytest.raises(ValueError) as err:
-    data.load_split(_dc(**kw), 'train')
+    tasks.load(_dc(**kw), 'train')
   assert message in str(err.value)
 
 

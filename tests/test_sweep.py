@@ -96,7 +96,7 @@ def test_accuracy_report_draws_one_line_per_pair_count(tmp_path):
   for (attention, m), by_pairs in runs.items():
     run = tmp_path / f'{attention}_{m}'
     run.mkdir()
-    config = mqar_config.get_config(f'attention={attention},m={m}')
+    config = mqar_config.get_config(f'attn={attention},m={m}')
     (run / 'config.json').write_text(config.to_json())
     (run / 'metrics.jsonl').write_text(
         json.dumps({'step': 10, 'train_loss': 1.0, 'tokens_per_sec': 100.0}) + '\n'

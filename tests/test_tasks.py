@@ -9,8 +9,8 @@ import pytest
 
 from benchmarks import listops_baselines, mqar_slots
 from configs import listops_m64, mqar as mqar_config
-from latent_flax import config_lib, eval_lib, listops, mqar, train_lib
-from latent_flax import data as data_lib
+from latent_flax import config_lib, eval_lib, tasks, train_lib
+from latent_flax.tasks import listops, mqar
 from latent_flax import model as model_lib
 from tests.helpers import tiny_config
 
@@ -60,8 +60,16 @@ def test_mqar_across_chunks_keeps_answers_whose_pair_is_in_an_earlier_chunk(chun
       expected[e, t] = float((2 * pair) // chunk < t // chunk)
   np.testing.assert_array_equal(kept['weights_across'], expected)
   assert (expected.sum() == 0) == (chunk >= 64)
-  sets = data_lib.with_across_chunk_weights({6: data_lib.Examples(d)}, chunk)
-  assert ('weights_across' in sets[6].arrays) == (chunk < 64)
+  # The task's evaluation sets carry these weights where some answer crosses a chunk.
+  data_config = mqar_config.get_config().data
+  data_config.update(vocab_size=32, seq_len=64, num_kv_pairs=6, eval_pairs='6',
+                     num_test_examples=50, seed=0)
+  model_config = mqar_config.get_config(f'chunk={chunk}').model
+  sets, main = tasks.get('mqar').eval_sets(data_config, model_config, 'validation')
+  assert main == '6' and list(sets) == ['6']
+  assert ('weights_across' in sets['6'].arrays) == (chunk < 64)
+  if chunk < 64:
+    np.testing.assert_array_equal(sets['6'].arrays['weights_across'], expected)
 
 
 def test_slot_statistics_find_held_pairs_and_content_preferences():
@@ -181,7 +189,7 @@ def _tiny_listops(tmp_path, attention='latent', **overrides):
 
 def test_listops_tfds_builder_pads_and_masks(tmp_path):
   config = _tiny_listops(tmp_path)
-  test = data_lib.load_windows(config.data, 'test')
+  test = tasks.load(config.data, 'test')
   assert test.num_windows == 20
   batch = test.get(np.arange(20))
   assert batch['inputs'].shape == batch['mask'].shape == (20, 48)
@@ -309,7 +317,7 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   restored = eval_lib.restore_checkpoint(workdir, config)
   model = config_lib.build_model(config)
   expected = _accuracy_by_hand(model, restored.state.params,
-                               data_lib.load_windows(config.data, 'test'))
+                               tasks.load(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))
   # benchmarks/listops_baselines.py's predictions of the checkpoint give the same accuracy.
   test = listops.load(config.data, 'test')
@@ -343,7 +351,7 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   assert set(final['eval_recall_across_chunks_by_pairs']) == {'2', '4'}
   restored = eval_lib.restore_checkpoint(workdir, config)
   expected = _accuracy_by_hand(config_lib.build_model(config), restored.state.params,
-                               data_lib.load_windows(config.data, 'test'))
+                               tasks.load(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))
   # The slot analysis reads the same checkpoint and test set: same recall.
   saved, pairs = mqar_slots.check(workdir, None)

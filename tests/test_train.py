@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from latent_flax import data as data_lib
-from latent_flax import decode, eval_lib, train_lib
+from latent_flax import decode, eval_lib, steps, train_lib
 from latent_flax import model as model_lib
 from tests.helpers import tiny_config
 
@@ -157,7 +157,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   config = tiny_config(tmp_path, num_train_steps=3)
   train_lib.train_and_evaluate(config, workdir)
   good, _ = _params(workdir, config, step=3)
-  original = train_lib.train_step
+  original = steps.train_step
 
   def poisoned(state, batch, rng, **kw):
     import jax.numpy as jnp
@@ -165,7 +165,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     bad = jnp.where(state.step >= 5, jnp.nan, 0.0)
     return state, {**metrics, 'loss': metrics['loss'] + bad}
 
-  monkeypatch.setattr(train_lib, 'train_step', poisoned)
+  monkeypatch.setattr(steps, "train_step", poisoned)
   config = tiny_config(tmp_path, num_train_steps=6)
   with pytest.raises(FloatingPointError, match='last good checkpoint is step 3'):
     train_lib.train_and_evaluate(config, workdir)

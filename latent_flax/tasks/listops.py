@@ -25,6 +25,9 @@ import random
 
 import numpy as np
 
+from latent_flax import data
+from latent_flax.tasks import registry
+
 NUM_CLASSES = 10
 MAX_DEPTH = 10
 MAX_ARGS = 10
@@ -177,3 +180,27 @@ def _load(params: tuple, seq_len: int, data_dir: str | None, split: str):
   return {'inputs': inputs, 'mask': inputs != PAD,
           'targets': np.array([e['label'] for e in examples], np.int32),
           'weights': np.ones(len(examples), np.float32)}
+
+
+class ListOps(registry.Task):
+  """Classify an expression by its value (10 classes); padding masked everywhere."""
+
+  name = 'listops'
+  kind = 'classify'
+  metric = 'eval_accuracy'
+  target_unit = 'examples'
+  splits = SPLITS
+  num_classes = NUM_CLASSES
+  int_fields = {'num_train_examples': 1, 'num_validation_examples': 1, 'num_test_examples': 1,
+                'min_length': 1, 'max_length': 1, 'seed': 0}
+  config_example = 'configs/listops_m64.py'
+
+  def validate(self, data_config) -> None:
+    super().validate(data_config)
+    check_params(data_config.min_length, data_config.max_length, data_config.seq_len)
+
+  def load(self, data_config, split: str) -> data.Examples:
+    return data.Examples(load(data_config, split))
+
+
+registry.register(ListOps())

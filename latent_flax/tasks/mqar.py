@@ -20,6 +20,10 @@ the number of facts.
 chunk than the query: for causal_latent those answers can come only through the
 latents, the rest also from exact attention inside the chunk.
 
+Evaluation (the `Mqar` task): recall accuracy on the main test set, `recall_by_pairs`
+on each `eval_pairs` test set, and `recall_across_chunks_by_pairs` with the count of
+those answers (`answers_across_chunks_by_pairs`), all from one pass per test set.
+
 The train and test sets are fixed: example i of a split is the same for every run
 with the same (vocab_size, seq_len, num_kv_pairs, seed); train and test use
 different random streams of that seed.
@@ -30,6 +34,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from latent_flax import data
+from latent_flax.tasks import registry
 
 SPLIT_STREAM = {'train': 0, 'test': 1}
 
@@ -111,3 +118,85 @@ def across_chunks(arrays: dict[str, np.ndarray], chunk_size: int) -> dict[str, n
   crosses_EN = pair_pos_EN // chunk_size < chunk_N[None, :]
   return {**arrays,
           'weights_across': np.where(crosses_EN, weights, 0.0).astype(weights.dtype)}
+
+
+def test_set(data_config, pairs: int) -> data.Examples:
+  """The fixed test set with `pairs` pairs (generate() caches it)."""
+  return data.Examples(generate(data_config.num_test_examples, data_config.seq_len, pairs,
+                                data_config.vocab_size, data_config.seed, 'test'))
+
+
+class Mqar(registry.Task):
+  """Recall of key-value pairs; loss and accuracy only at the answers."""
+
+  name = 'mqar'
+  metric = 'eval_accuracy'
+  accuracy_label = 'recall accuracy'
+  target_unit = 'answers'
+  splits = ('train', 'validation', 'test')  # validation and test: the same fixed test set
+  int_fields = {'vocab_size': 1, 'num_kv_pairs': 1, 'num_train_examples': 1,
+                'num_test_examples': 1, 'seed': 0}
+  config_example = 'configs/mqar.py'
+  eval_extras = {'recall_by_pairs': ('recall by pairs', ''),
+                 'recall_across_chunks_by_pairs': ('across chunks',
+                                                   'recall of the answers across chunks')}
+  extras_line_name = 'pairs'  # what the keys of those results are
+
+  def validate(self, data_config) -> None:
+    super().validate(data_config)
+    d = data_config
+    check_params(d.vocab_size, d.seq_len, d.num_kv_pairs)
+    for field in ('train_pairs_mix', 'eval_pairs'):
+      for pairs in parse_mix(d.get(field) or '', d.num_kv_pairs, field):
+        check_params(d.vocab_size, d.seq_len, pairs)
+    if d.vocab_size > 256:
+      raise ValueError(f"config.data.vocab_size={d.vocab_size} exceeds the model's "
+                       "256-token vocabulary; use vocab_size <= 256.")
+
+  def load(self, data_config, split: str) -> data.Examples:
+    d = data_config
+    if split != 'train':  # one fixed test set, with num_kv_pairs pairs
+      return test_set(d, d.num_kv_pairs)
+    mix = parse_mix(d.get('train_pairs_mix') or '', d.num_kv_pairs, 'train_pairs_mix')
+    count = d.num_train_examples
+    parts = [generate(count // len(mix) + (i < count % len(mix)), d.seq_len, p, d.vocab_size,
+                      d.seed, 'train') for i, p in enumerate(mix)]
+    return data.Examples({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
+
+  def eval_sets(self, data_config, model_config, split: str):
+    """The main test set and the eval_pairs test sets, each with across-chunk weights
+    for the model's chunk size (kept only where some answer crosses a chunk)."""
+    d = data_config
+    if split == 'train':
+      return {'main': self.load(d, split)}, 'main'
+    sets = {}
+    for pairs in parse_mix(d.eval_pairs, d.num_kv_pairs) if d.get('eval_pairs') else []:
+      arrays = across_chunks(test_set(d, pairs).arrays, model_config.chunk_size)
+      sets[str(pairs)] = data.Examples(arrays) if arrays['weights_across'].any() else test_set(
+          d, pairs)
+    main = str(d.num_kv_pairs)
+    if main not in sets:  # the main test set is not among the probes: evaluated on its own
+      main = 'main'
+      sets[main] = test_set(d, d.num_kv_pairs)
+    return sets, main
+
+  def summarize(self, results: dict[str, dict], main: str) -> dict:
+    result = {k: v for k, v in results[main].items() if not k.startswith('across_')}
+    result['recall_accuracy'] = result['accuracy']
+    probes = {p: r for p, r in results.items() if p != 'main'}
+    if probes:
+      result['recall_by_pairs'] = {p: r['accuracy'] for p, r in probes.items()}
+      across = {p: r for p, r in probes.items() if 'across_tokens' in r}
+      if across:
+        result['recall_across_chunks_by_pairs'] = {p: r['across_accuracy']
+                                                   for p, r in across.items()}
+        result['answers_across_chunks_by_pairs'] = {p: r['across_tokens']
+                                                    for p, r in across.items()}
+    return result
+
+  def describe(self, r: dict) -> list[str]:
+    return super().describe(r) + [f"  test set with {p:>3s} pairs: recall accuracy {a:.4f}"
+                                  for p, a in r.get('recall_by_pairs', {}).items()]
+
+
+registry.register(Mqar())

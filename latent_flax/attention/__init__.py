@@ -1,0 +1,21 @@
+"""Attention kinds: one module each, shared primitives, and the registry.
+
+  latent.py         LatentAttention: bidirectional three-step latent block.
+  causal_latent.py  CausalLatentAttention: the chunked causal variant (language models).
+  full.py           FullAttention: softmax attention over all tokens, the baseline.
+  primitives.py     rotary positions, projections, online-softmax algebra.
+  registry.py       the kinds by name and what each answers (causal, latents, fields...).
+
+Shapes: B batch, N tokens, D width, H heads of width d = D / H, M latents,
+C chunk size, K = ceil(N / C) chunks. Every block maps x_BND -> y_BND and holds
+its own pre-LN and residual, so the kinds are interchangeable in a model.
+"""
+
+from latent_flax.attention.causal_latent import (CausalLatentAttention, chunk_softmax_triples,
+                                                 expand_attention)
+from latent_flax.attention.full import FullAttention
+from latent_flax.attention.latent import LatentAttention
+from latent_flax.attention.primitives import (NEG_INF, MultiHeadAttention, attend_two_parts,
+                                              combine_softmax_triples, finish_softmax,
+                                              rotary_at, rotary_table, rotate)
+from latent_flax.attention.registry import AttentionKind, get, make_layer, names, register

@@ -1,0 +1,238 @@
+"""Chunked causal latent block (design section 2): the latent block as a language model.
+
+Chunk k (C tokens) reads the latents only as a summary R_{k-1} of the chunks before
+it, plus causal attention inside its own chunk. All prefix summaries S_k come from
+one `jax.lax.associative_scan` over per-chunk online-softmax triples; step 2 is
+batched over the K = ceil(N / C) chunks. O(N*(M+C)*D + K*M*M*D) time and
+O(N*D + K*M*D) memory: no N x N matrix anywhere.
+
+Positions: rotary embeddings on the in-chunk token-token part of step 3 only; the
+token query meets latent keys un-rotated and its chunk's keys rotated, in one softmax.
+
+Decoding: `decode='prefill'` (the parallel pass, which also writes the state
+token-by-token feeding would leave) and `decode='step'` (one token), the state in
+the mutable 'cache' collection; see decode.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latent_flax.attention.latent import _LatentSteps
+from latent_flax.attention.primitives import (NEG_INF, attend_two_parts, combine_softmax_triples,
+                                              finish_softmax, heads_first, rotary_at,
+                                              rotary_table, rotate)
+
+
+def chunk_softmax_triples(q_HMd: jax.Array, k_BKHCd: jax.Array, v_BKHCd: jax.Array,
+                          valid_BKC: jax.Array | None = None):
+  """Per chunk, the online-softmax triple of the latent queries over that chunk's tokens.
+
+  Returns m_BKHM (max score), l_BKHM (sum of exp), o_BKHMd (exp-weighted values),
+  all float32; invalid tokens contribute exactly nothing. The max is a constant
+  for differentiation: softmax does not depend on the shift, so gradients are exact.
+  """
+  scale = q_HMd.shape[-1] ** -0.5
+  s_BKHCM = jnp.einsum('bkhcd,hmd->bkhcm', k_BKHCd, q_HMd,
+                       preferred_element_type=jnp.float32) * scale
+  if valid_BKC is not None:
+    s_BKHCM = jnp.where(valid_BKC[:, :, None, :, None], s_BKHCM, NEG_INF)
+  m_BKHM = jax.lax.stop_gradient(jnp.max(s_BKHCM, axis=3))
+  p_BKHCM = jnp.exp(s_BKHCM - m_BKHM[:, :, :, None, :])
+  if valid_BKC is not None:
+    p_BKHCM = jnp.where(valid_BKC[:, :, None, :, None], p_BKHCM, 0.0)
+  l_BKHM = jnp.sum(p_BKHCM, axis=3)
+  o_BKHMd = jnp.einsum('bkhcm,bkhcd->bkhmd', p_BKHCM, v_BKHCd,
+                       preferred_element_type=jnp.float32)
+  return m_BKHM, l_BKHM, o_BKHMd
+
+
+class CausalLatentAttention(_LatentSteps):
+  """Chunked causal latent block (design section 2).
+
+  Chunk k reads the latents only as a summary R_{k-1} of the chunks before it,
+  plus causal attention inside its own chunk. All prefix summaries S_k come from
+  one `jax.lax.associative_scan` over per-chunk online-softmax triples; step 2
+  is batched over chunks. Lengths that are not a multiple of `chunk_size` are
+  padded at the end (padding sits after every real token and is never a key)
+  and sliced off.
+
+  Decoding (`decode='prefill'`, then `decode='step'` one token at a time, with a
+  mutable 'cache' collection) keeps a state of O((M + C) * D) per layer whatever
+  the length: the running compress triple of the prefix, the expand keys/values
+  of R of the last finished chunk, and the keys/values of the current chunk.
+  Step 2 runs once per finished chunk (under `nn.cond`), not once per token.
+  """
+
+  chunk_size: int = 128
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
+               deterministic: bool = True, decode: str | None = None,
+               cache_len: int | None = None) -> jax.Array:
+    del cache_len  # the latent state does not grow with the length
+    B, N, D = x_BND.shape
+    C = self.chunk_size
+    K = -(-N // C)
+    pad = K * C - N
+    st = self._steps(D)
+    M = self.num_latents
+    x_BND = x_BND.astype(self.dtype)
+    if decode == 'step':
+      if N != 1:
+        raise ValueError(f"decode='step' takes one token at a time, got {N}.")
+      return self._decode_step(st, x_BND)
+    if decode not in (None, 'prefill'):
+      raise ValueError(f"decode={decode!r}: use None, 'prefill' or 'step'.")
+    x_BKCD = jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0))).reshape(B, K, C, D)
+    valid_BKC = None
+    if mask_BN is not None or pad:
+      mask_BN = jnp.ones((B, N), bool) if mask_BN is None else mask_BN.astype(bool)
+      valid_BKC = jnp.pad(mask_BN, ((0, 0), (0, pad))).reshape(B, K, C)
+
+    # Step 1, every prefix at once: S_k = L + MHA_compress(LN(L), LN(X[chunks 0..k])).
+    latents_MD = self._latents(D)
+    q_HMd = jnp.swapaxes(st['compress'].project_q(st['ln_latents_compress'](latents_MD)), 0, 1)
+    k_BKCHd, v_BKCHd = st['compress'].project_kv(st['ln_tokens_compress'](x_BKCD))
+    triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), valid_BKC)
+    m_BKHM, l_BKHM, o_BKHMd = jax.lax.associative_scan(combine_softmax_triples, triples, axis=1)
+    attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
+    s_BKMD = latents_MD[None, None] + st['drop'](st['compress'].project_out(attn_BKMHd),
+                                                 deterministic=deterministic)
+    self.sow('intermediates', 'compressed', s_BKMD)
+
+    # Step 2, batched over chunks: R_k = S_k + MHA_refine(LN(S_k), LN(S_k)).
+    r_BKMD = self._refine(st, s_BKMD.reshape(B * K, M, D), deterministic).reshape(B, K, M, D)
+    self.sow('intermediates', 'refined', r_BKMD)
+
+    # Step 3: Y_t = X_t + MHA_expand(LN(X_t), [LN(R_{k-1}) ; LN(X[chunk k, <= t])]).
+    r_prev_BKMD = jnp.concatenate([jnp.zeros_like(r_BKMD[:, :1]), r_BKMD[:, :-1]], axis=1)
+    xe_BKCD = st['ln_tokens_expand'](x_BKCD)
+    q_BKCHd = st['expand'].project_q(xe_BKCD)
+    k_lat_BKMHd, v_lat_BKMHd = st['expand'].project_kv(st['ln_latents_expand'](r_prev_BKMD))
+    k_loc_BKHCd, v_loc_BKHCd = map(heads_first, st['expand'].project_kv(xe_BKCD))
+    out_BKHCd = expand_attention(*map(heads_first, (q_BKCHd, k_lat_BKMHd, v_lat_BKMHd)),
+                                 k_loc_BKHCd, v_loc_BKHCd, valid_BKC)
+    out_BKCHd = heads_first(out_BKHCd)
+    y_BKCD = st['expand'].project_out(out_BKCHd.astype(self.dtype))
+    y_BND = y_BKCD.reshape(B, K * C, D)[:, :N]
+
+    if decode == 'prefill':
+      # The state token-by-token feeding would leave after these N tokens.
+      finished, rem = divmod(N, C)
+      if finished:
+        k_lat_BHMd, v_lat_BHMd = self._expand_kv_of_latents(st, r_BKMD[:, finished - 1])
+      else:
+        k_lat_BHMd = v_lat_BHMd = jnp.zeros((B, self.num_heads, M, D // self.num_heads),
+                                            self.dtype)
+      in_chunk_C = jnp.arange(C) < rem  # all False when the last chunk is complete
+      sin, cos = rotary_table(C, D // self.num_heads)
+      k_rot_BHCd = rotate(k_loc_BKHCd[:, -1], sin[None, None], cos[None, None])
+      self._write_state(
+          index=jnp.asarray(N, jnp.int32), compress_q=q_HMd,
+          triple=(m_BKHM[:, -1], l_BKHM[:, -1], o_BKHMd[:, -1]),
+          latent_kv=(k_lat_BHMd, v_lat_BHMd),
+          chunk_kv=(jnp.where(in_chunk_C[:, None], k_rot_BHCd, 0.0),
+                    jnp.where(in_chunk_C[:, None], v_loc_BKHCd[:, -1], 0)))
+    return x_BND + st['drop'](y_BND, deterministic=deterministic)
+
+  @nn.nowrap
+  def _expand_kv_of_latents(self, st: dict, r_BMD: jax.Array):
+    """Expand-step keys and values of refined latents, head-major [B, H, M, d]."""
+    return tuple(map(heads_first, st['expand'].project_kv(st['ln_latents_expand'](r_BMD))))
+
+  @nn.nowrap
+  def _write_state(self, **values):
+    """Creates or overwrites the decoding state in the 'cache' collection."""
+    names = dict(index=('index',), compress_q=('compress_q',), triple=('m', 'l', 'o'),
+                 latent_kv=('latent_k', 'latent_v'), chunk_kv=('chunk_k', 'chunk_v'))
+    for group, value in values.items():
+      for name, v in zip(names[group], value if len(names[group]) > 1 else (value,)):
+        self.put_variable('cache', name, v)
+
+  @nn.nowrap
+  def _read_state(self, *names: str):
+    return [self.get_variable('cache', n) for n in names]
+
+  @nn.nowrap
+  def _decode_step(self, st: dict, x_B1D: jax.Array) -> jax.Array:
+    """One token at position `index`: fold it into the state, attend, close a full chunk."""
+    B, _, D = x_B1D.shape
+    C, H = self.chunk_size, self.num_heads
+    d = D // H
+    scale = d ** -0.5
+    pos, q_HMd = self._read_state('index', 'compress_q')
+    j = pos % C
+
+    # Step 1 state: merge this token's (score, 1, value) into the prefix triple.
+    k_B1Hd, v_B1Hd = st['compress'].project_kv(st['ln_tokens_compress'](x_B1D))
+    s_BHM = jnp.einsum('bhd,hmd->bhm', k_B1Hd[:, 0], q_HMd,
+                       preferred_element_type=jnp.float32) * scale
+    v_BHMd = jnp.broadcast_to(v_B1Hd[:, 0, :, None, :].astype(jnp.float32), (B, H) + q_HMd.shape[1:])
+    triple = combine_softmax_triples(tuple(self._read_state('m', 'l', 'o')),
+                                      (s_BHM, jnp.ones_like(s_BHM), v_BHMd))
+
+    # Step 3: one softmax over [R_{k-1} ; this chunk's tokens up to and including this one].
+    xe_B1D = st['ln_tokens_expand'](x_B1D)
+    q_BHd = st['expand'].project_q(xe_B1D)[:, 0]
+    k_loc_B1Hd, v_loc_B1Hd = st['expand'].project_kv(xe_B1D)
+    sin, cos = rotary_at(j[None], d)
+    q_rot_BHd = rotate(q_BHd, sin[None], cos[None])
+    chunk_k, chunk_v, latent_k, latent_v = self._read_state('chunk_k', 'chunk_v', 'latent_k', 'latent_v')
+    chunk_k = chunk_k.at[:, :, j].set(rotate(k_loc_B1Hd[:, 0], sin[None], cos[None]))
+    chunk_v = chunk_v.at[:, :, j].set(v_loc_B1Hd[:, 0])
+    s_lat_BHM = jnp.einsum('bhd,bhmd->bhm', q_BHd, latent_k,
+                           preferred_element_type=jnp.float32) * scale
+    s_lat_BHM = jnp.where(pos >= C, s_lat_BHM, NEG_INF)
+    s_loc_BHC = jnp.einsum('bhd,bhcd->bhc', q_rot_BHd, chunk_k,
+                           preferred_element_type=jnp.float32) * scale
+    s_loc_BHC = jnp.where(jnp.arange(C) <= j, s_loc_BHC, NEG_INF)
+    o_BHd = attend_two_parts(s_lat_BHM[:, :, None], latent_v, s_loc_BHC[:, :, None], chunk_v)[:, :, 0]
+    y_B1D = st['expand'].project_out(o_BHd[:, None].astype(self.dtype))
+
+    self._write_state(index=pos + 1, triple=triple, chunk_kv=(chunk_k, chunk_v))
+    nn.cond((pos + 1) % C == 0, lambda mdl: mdl._close_chunk(D), lambda mdl: None, self)
+    return x_B1D + y_B1D
+
+  @nn.nowrap
+  def _close_chunk(self, width: int) -> None:
+    """After a chunk's last token: S from the triple, R by step 2, R's expand keys/values."""
+    st = self._steps(width)
+    l_BHM, o_BHMd = self._read_state('l', 'o')
+    attn_BMHd = finish_softmax(l_BHM[:, None], o_BHMd[:, None])[:, 0].astype(self.dtype)
+    s_BMD = self._latents(width)[None] + st['compress'].project_out(attn_BMHd)
+    r_BMD = self._refine(st, s_BMD, deterministic=True)
+    chunk_k, chunk_v = self._read_state('chunk_k', 'chunk_v')
+    self._write_state(latent_kv=self._expand_kv_of_latents(st, r_BMD),
+                      chunk_kv=(jnp.zeros_like(chunk_k), jnp.zeros_like(chunk_v)))
+
+
+def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,
+                     valid_BKC=None):
+  """One softmax per token over [latents of the previous chunks ; its chunk's prefix].
+
+  Head-major layouts. Chunk 0 has no previous summary: its latent keys are masked.
+  Local keys get rotary positions within the chunk (rotary scores depend only on
+  the offset between positions, so in-chunk positions give the same attention as
+  absolute ones); latent keys get none. Returns o_BKHCd in float32.
+  """
+  _, K, _, C, d = q_BKHCd.shape
+  scale = d ** -0.5
+  sin, cos = rotary_table(C, d)
+  sin, cos = sin[None, None, None], cos[None, None, None]
+  s_lat = jnp.einsum('bkhcd,bkhmd->bkhcm', q_BKHCd, k_lat_BKHMd,
+                     preferred_element_type=jnp.float32) * scale
+  s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', rotate(q_BKHCd, sin, cos), rotate(k_loc_BKHCd, sin, cos),
+                     preferred_element_type=jnp.float32) * scale
+  has_past = (jnp.arange(K) > 0)[None, :, None, None, None]
+  s_lat = jnp.where(has_past, s_lat, NEG_INF)
+  mask_loc = jnp.tril(jnp.ones((C, C), bool))[None, None, None]
+  if valid_BKC is not None:
+    mask_loc = mask_loc & valid_BKC[:, :, None, None, :]
+  s_loc = jnp.where(mask_loc, s_loc, NEG_INF)
+  return attend_two_parts(s_lat, v_lat_BKHMd, s_loc, v_loc_BKHCd)

@@ -1,0 +1,69 @@
+"""Full multi-head self-attention, causal or bidirectional: the baseline.
+
+O(N*N*D) time. Rotary positions on queries and keys. Decoding keeps the usual
+KV cache of O(cache_len * D) per layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from latent_flax.attention.primitives import Dtype, MultiHeadAttention
+
+
+class FullAttention(nn.Module):
+  """Multi-head self-attention over all tokens, causal or bidirectional: the baseline.
+
+  Decoding keeps the usual KV cache: `decode='prefill'` with `cache_len` >= the
+  final length, then `decode='step'`; its state grows as O(cache_len * D).
+  """
+
+  num_heads: int
+  causal: bool = True
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
+               deterministic: bool = True, decode: str | None = None,
+               cache_len: int | None = None) -> jax.Array:
+    B, N, D = x_BND.shape
+    x_BND = x_BND.astype(self.dtype)
+    h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='ln')(x_BND)
+    mha = MultiHeadAttention(self.num_heads, D, self.dtype, self.param_dtype, name='attn')
+    if decode is None:
+      y = mha(h, h, mask_BS=mask_BN, is_causal=self.causal, rotary=True)
+      return x_BND + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    if not self.causal or decode not in ('prefill', 'step'):
+      raise ValueError(f"decode={decode!r} needs causal=True and one of 'prefill', 'step'.")
+    q_BNHd = mha.project_q(h)
+    k_BNHd, v_BNHd = mha.project_kv(h)
+    if decode == 'prefill':
+      if cache_len is None or cache_len < N:
+        raise ValueError(f"cache_len={cache_len} must be at least the prompt length {N}.")
+      positions = np.arange(N)
+      q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, positions), mha.apply_rotary(k_BNHd, positions)
+      y = mha.attend(q_BNHd, k_BNHd, v_BNHd, mask_BS=mask_BN, is_causal=True)
+      for name, kv in (('key', k_BNHd), ('value', v_BNHd)):
+        self.put_variable('cache', name,
+                          jnp.zeros((B, cache_len) + kv.shape[2:], kv.dtype).at[:, :N].set(kv))
+      self.put_variable('cache', 'index', jnp.asarray(N, jnp.int32))
+      return x_BND + y
+    if N != 1:
+      raise ValueError(f"decode='step' takes one token at a time, got {N}.")
+    pos = self.get_variable('cache', 'index')
+    q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, pos[None]), mha.apply_rotary(k_BNHd, pos[None])
+    cache_k, cache_v = (
+        jax.lax.dynamic_update_slice_in_dim(self.get_variable('cache', name), kv, pos, axis=1)
+        for name, kv in (('key', k_BNHd), ('value', v_BNHd)))
+    self.put_variable('cache', 'key', cache_k)
+    self.put_variable('cache', 'value', cache_v)
+    self.put_variable('cache', 'index', pos + 1)
+    seen_BS = jnp.broadcast_to(jnp.arange(cache_k.shape[1]) <= pos, (B, cache_k.shape[1]))
+    return x_BND + mha.attend(q_BNHd, cache_k, cache_v, mask_BS=seen_BS)

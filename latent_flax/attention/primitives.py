@@ -1,0 +1,139 @@
+"""Pieces every attention kind shares: rotary positions, the Q/K/V/O projections
+around one softmax-attention core, and the online-softmax algebra.
+
+Online softmax: a set of scores s_i with values v_i is summarised by the triple
+(m, l, o) = (max s, sum exp(s - m), sum exp(s - m) v); two triples merge
+associatively (`combine_softmax_triples`) and o / l is the attention output.
+The causal latent block's prefix scan and the two-part softmaxes are built on it.
+
+Scores and softmaxes are float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+NEG_INF = -1e30  # finite "minus infinity": exp(-1e30 - max) is exactly 0.
+
+
+def rotary_at(positions_T: jax.Array | np.ndarray, head_dim: int, base: float = 10_000.0):
+  """sin, cos of shape [T, head_dim // 2] for the given integer positions.
+
+  Positions known at trace time (a numpy array) give numpy tables, which XLA
+  holds as constants; traced positions (decoding) are computed in the graph,
+  where XLA would otherwise fuse sin and cos into every element that uses them.
+  """
+  xp = np if isinstance(positions_T, np.ndarray) else jnp
+  half = head_dim // 2
+  freqs_f = (base ** (-np.arange(half, dtype=np.float64) / half)).astype(np.float32)
+  angles_Tf = xp.asarray(positions_T, xp.float32)[:, None] * freqs_f[None, :]
+  return xp.sin(angles_Tf), xp.cos(angles_Tf)
+
+
+def rotary_table(length: int, head_dim: int):
+  """sin, cos (numpy) of shape [length, head_dim // 2] for positions 0..length-1."""
+  return rotary_at(np.arange(length), head_dim)
+
+
+def rotate(x_TD: jax.Array, sin_Tf: jax.Array, cos_Tf: jax.Array) -> jax.Array:
+  """Rotary embedding (rotate-half form) in float32; sin/cos broadcast against x[..., :d/2]."""
+  half = sin_Tf.shape[-1]
+  x = x_TD.astype(jnp.float32)
+  x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+  return jnp.concatenate([x1 * cos_Tf - x2 * sin_Tf, x2 * cos_Tf + x1 * sin_Tf, rest], -1)
+
+
+class MultiHeadAttention(nn.Module):
+  """W_Q, W_K, W_V (D -> H x d), W_O (H x d -> D) and the shared attention core.
+
+  Calling it is ordinary attention through jax.nn.dot_product_attention (scores
+  and softmax in float32). The latent blocks reuse `project_*` with their own
+  score arithmetic where the computation is not a plain softmax attention.
+  """
+
+  num_heads: int
+  width: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    head_dim = self.width // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=nn.initializers.lecun_normal())
+    self.query = nn.DenseGeneral((self.num_heads, head_dim), **kw)
+    self.key = nn.DenseGeneral((self.num_heads, head_dim), **kw)
+    self.value = nn.DenseGeneral((self.num_heads, head_dim), **kw)
+    self.out = nn.DenseGeneral(self.width, axis=(-2, -1), **kw)
+
+  def project_q(self, x_TD: jax.Array) -> jax.Array:
+    return self.query(x_TD)
+
+  def project_kv(self, x_TD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.key(x_TD), self.value(x_TD)
+
+  def project_out(self, o_THd: jax.Array) -> jax.Array:
+    return self.out(o_THd)
+
+  def apply_rotary(self, x_BTHd: jax.Array, positions_T: jax.Array) -> jax.Array:
+    """Rotary positions `positions_T` on queries or keys, computed in float32."""
+    sin, cos = rotary_at(positions_T, x_BTHd.shape[-1])
+    return rotate(x_BTHd, sin[None, :, None], cos[None, :, None]).astype(self.dtype)
+
+  def attend(self, q_BTHd: jax.Array, k_BSHd: jax.Array, v_BSHd: jax.Array, *,
+             mask_BS: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+    """Softmax attention of projected heads, then W_O."""
+    mask = None if mask_BS is None else mask_BS[:, None, None, :]
+    o_BTHd = jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal)
+    return self.project_out(o_BTHd)
+
+  def __call__(self, q_in_BTD: jax.Array, kv_in_BSD: jax.Array, *,
+               mask_BS: jax.Array | None = None, is_causal: bool = False,
+               rotary: bool = False) -> jax.Array:
+    q_BTHd = self.project_q(q_in_BTD)
+    k_BSHd, v_BSHd = self.project_kv(kv_in_BSD)
+    if rotary:  # token-token self-attention: positions 0..T-1 on both sides.
+      positions = np.arange(q_BTHd.shape[1])
+      q_BTHd, k_BSHd = self.apply_rotary(q_BTHd, positions), self.apply_rotary(k_BSHd, positions)
+    return self.attend(q_BTHd, k_BSHd, v_BSHd, mask_BS=mask_BS, is_causal=is_causal)
+
+
+def combine_softmax_triples(a, b):
+  """Associative merge of online-softmax partials (max, sum of exp, weighted sum)."""
+  m_a, l_a, o_a = a
+  m_b, l_b, o_b = b
+  m = jnp.maximum(m_a, m_b)
+  w_a, w_b = jnp.exp(m_a - m), jnp.exp(m_b - m)
+  return m, w_a * l_a + w_b * l_b, w_a[..., None] * o_a + w_b[..., None] * o_b
+
+
+def finish_softmax(l_BKHM: jax.Array, o_BKHMd: jax.Array) -> jax.Array:
+  """Attention output o / l as [B, K, M, H, d]; an all-invalid prefix gives 0."""
+  l_safe = jnp.where(l_BKHM > 0, l_BKHM, 1.0)
+  return jnp.swapaxes(o_BKHMd / l_safe[..., None], 2, 3)
+
+
+def heads_first(x_BKTHd: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x_BKTHd, -2, -3)
+
+
+def attend_two_parts(s_a_QA: jax.Array, v_a_Ad: jax.Array, s_b_QB: jax.Array,
+                     v_b_Bd: jax.Array) -> jax.Array:
+  """softmax([s_a ; s_b]) @ [v_a ; v_b] without concatenating, float32.
+
+  Scores are float32 [..., Q, A] and [..., Q, B] with masked entries at a large
+  negative value; values [..., A, d] and [..., B, d].
+  """
+  # The shift is a constant for differentiation: softmax does not depend on it.
+  m = jax.lax.stop_gradient(jnp.maximum(s_a_QA.max(-1, keepdims=True),
+                                        s_b_QB.max(-1, keepdims=True)))
+  p_a, p_b = jnp.exp(s_a_QA - m), jnp.exp(s_b_QB - m)
+  denom = p_a.sum(-1, keepdims=True) + p_b.sum(-1, keepdims=True)
+  o = (jnp.einsum('...qa,...ad->...qd', p_a, v_a_Ad, preferred_element_type=jnp.float32)
+       + jnp.einsum('...qb,...bd->...qd', p_b, v_b_Bd, preferred_element_type=jnp.float32))
+  return o / denom

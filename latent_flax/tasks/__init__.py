@@ -1,0 +1,31 @@
+"""Tasks: byte corpora, MQAR and ListOps, each owning its data, metric and evaluations.
+
+  registry.py  Task (what the trainer and reports ask), register(), get(name)
+  corpus.py    byte language modelling on 'stdlib', 'text_files', 'tfds:<name>'
+  mqar.py      multi-query associative recall; recall by pairs and across chunks
+  listops.py   ListOps classification (Long Range Arena)
+"""
+
+from latent_flax.tasks import registry
+from latent_flax.tasks.registry import Task, get, names, register
+
+from latent_flax.tasks import corpus, listops, mqar  # noqa: E402,F401  (they register)
+
+
+def load(data_config, split: str):
+  """The batches source (data.Windows or data.Examples) of one split of config.data."""
+  task = get(data_config.name)
+  validate(data_config)
+  if split not in task.splits:
+    raise ValueError(f"data set {data_config.name!r} has splits {list(task.splits)}; "
+                     f"got {split!r}.")
+  return task.load(data_config, split)
+
+
+def validate(data_config) -> None:
+  """One-line ValueError for a bad config.data (unknown name, bad seq_len or task fields)."""
+  task = get(data_config.name)
+  seq_len = data_config.get('seq_len')
+  if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+    raise ValueError(f"config.data.seq_len={seq_len!r} must be an integer >= 1.")
+  task.validate(data_config)

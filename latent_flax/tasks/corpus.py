@@ -1,0 +1,208 @@
+"""Byte language modelling on a corpus: the built-in stdlib corpus, text files, tfds catalogs.
+
+Text becomes UTF-8 bytes (vocab 256); documents are joined with data.SEPARATOR.
+A split is held in memory as one uint8 array and cut into data.Windows of
+seq_len + 1 bytes at stride seq_len.
+
+  'stdlib'      the Python standard library sources of the running interpreter,
+                a local tfds builder (no download), 95/5 train/validation by path hash.
+  'text_files'  `config.data.path`: a file, folder or glob. One file: first 90% of
+                bytes train, last 10% validation; several files: split by path hash.
+  'tfds:NAME'   any tfds catalog text dataset already in `config.data.data_dir`,
+                text taken from feature `config.data.text_key`.
+
+Metric: bits per byte (lower is better).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import os
+import sys
+import sysconfig
+
+import ml_collections
+import numpy as np
+
+from latent_flax import data as data_lib
+from latent_flax.tasks import registry
+
+VALIDATION_PERCENT_STDLIB = 5
+VALIDATION_PERCENT_FILES = 10
+
+
+def _path_in_validation(path: str, percent: int) -> bool:
+  return int(hashlib.md5(path.encode('utf-8')).hexdigest(), 16) % 100 < percent
+
+
+# --------------------------------------------------------------------------- #
+# The built-in corpus: the Python standard library, as a local tfds builder.
+# --------------------------------------------------------------------------- #
+
+def stdlib_files() -> list[str]:
+  """The .py files of this interpreter's stdlib, without site-packages or test folders."""
+  root = sysconfig.get_paths()['stdlib']
+  skip = {'site-packages', 'dist-packages', 'test', 'tests', 'idle_test', '__pycache__'}
+  files = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    dirnames[:] = sorted(d for d in dirnames if d not in skip)
+    files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith('.py'))
+  return files
+
+
+@functools.cache
+def stdlib_builder_class():
+  """The tfds builder class, defined (and registered with tfds) once per process."""
+  import tensorflow_datasets as tfds
+
+  version_tag = 'cpython_' + '_'.join(map(str, sys.version_info[:3]))
+
+  class PythonStdlib(tfds.core.GeneratorBasedBuilder):
+    """Python standard library sources of the running interpreter, one example per file."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(
+        name=version_tag, description=f'Python {sys.version.split()[0]} stdlib sources')]
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          features=tfds.features.FeaturesDict({'text': tfds.features.Text(),
+                                               'path': tfds.features.Text()}),
+          description='Python standard library .py files (site-packages and tests left out).')
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      root = sysconfig.get_paths()['stdlib']
+      rel = [os.path.relpath(f, root) for f in stdlib_files()]
+      val = [r for r in rel if _path_in_validation(r, VALIDATION_PERCENT_STDLIB)]
+      train = [r for r in rel if not _path_in_validation(r, VALIDATION_PERCENT_STDLIB)]
+      return {'train': self._generate_examples(root, train),
+              'validation': self._generate_examples(root, val)}
+
+    def _generate_examples(self, root, rel_paths):
+      for rel_path in rel_paths:
+        with open(os.path.join(root, rel_path), 'rb') as f:
+          text = f.read().decode('utf-8', errors='replace')
+        yield rel_path, {'text': text, 'path': rel_path}
+
+  return PythonStdlib
+
+
+def _tfds_data_dir(data_config) -> str | None:
+  return os.path.expanduser(data_config.data_dir) if data_config.get('data_dir') else None
+
+
+def _docs_from_tfds(dataset, text_key: str) -> list[bytes]:
+  docs = []
+  for example in dataset:
+    value = example[text_key]
+    docs.append(value if isinstance(value, bytes) else str(value).encode('utf-8'))
+  return docs
+
+
+def _load_stdlib(data_config, split: str) -> np.ndarray:
+  builder = stdlib_builder_class()(data_dir=_tfds_data_dir(data_config))
+  if not builder.is_prepared():
+    print(f"Preparing the built-in corpus (Python stdlib sources) into {builder.data_dir} "
+          "once; later runs reuse it.", flush=True)
+    builder.download_and_prepare()
+  ds = builder.as_dataset(split=split)
+  import tensorflow_datasets as tfds
+  return data_lib.join_documents(_docs_from_tfds(tfds.as_numpy(ds), 'text'))
+
+
+def _load_text_files(data_config, split: str) -> np.ndarray:
+  path = data_config.get('path') or ''
+  if not path:
+    raise ValueError("config.data.name='text_files' needs config.data.path "
+                     "(a file, a folder or a glob).")
+  pattern = os.path.expanduser(path)
+  if os.path.isdir(pattern):
+    files = sorted(f for f in glob.glob(os.path.join(pattern, '**', '*'), recursive=True)
+                   if os.path.isfile(f))
+  else:
+    files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
+  if not files:
+    raise ValueError(f"config.data.path={path!r} matches no file; give an existing file, "
+                     "folder or glob.")
+  if len(files) == 1:
+    with open(files[0], 'rb') as f:
+      data = f.read()
+    cut = len(data) * (100 - VALIDATION_PERCENT_FILES) // 100
+    return np.frombuffer(data[:cut] if split == 'train' else data[cut:], dtype=np.uint8)
+  docs = []
+  for name in files:
+    if _path_in_validation(os.path.relpath(name, os.path.dirname(pattern) or '.'),
+                           VALIDATION_PERCENT_FILES) == (split == 'validation'):
+      with open(name, 'rb') as f:
+        docs.append(f.read())
+  return data_lib.join_documents(docs)
+
+
+def _load_catalog(data_config, split: str) -> np.ndarray:
+  import tensorflow_datasets as tfds
+  name = data_config.name[len('tfds:'):]
+  if name not in tfds.list_builders(with_community_datasets=False):
+    raise ValueError(f"config.data.name={data_config.name!r}: no tfds dataset named {name!r}; "
+                     "see `tfds.list_builders()` (e.g. 'tfds:tiny_shakespeare').")
+  builder = tfds.builder(name, data_dir=_tfds_data_dir(data_config))
+  splits = builder.info.splits
+  tfds_split = split
+  if split == 'validation' and 'validation' not in splits and 'test' in splits:
+    tfds_split = 'test'
+  try:
+    ds = tfds.load(name, split=tfds_split, data_dir=_tfds_data_dir(data_config), download=False)
+  except Exception as e:  # tfds raises several types for "not prepared here".
+    raise ValueError(
+        f"tfds dataset {name!r} split {tfds_split!r} is not prepared in "
+        f"{builder.data_dir!r} and this machine cannot download: build it with "
+        f"`tfds build {name} --data_dir=...` where there is network, then set "
+        f"config.data.data_dir. ({type(e).__name__})") from None
+  key = data_config.get('text_key') or 'text'
+  spec = builder.info.features
+  if key not in spec:
+    raise ValueError(f"config.data.text_key={key!r} is not a feature of {name!r}; "
+                     f"it has {sorted(spec.keys())}.")
+  return data_lib.join_documents(_docs_from_tfds(tfds.as_numpy(ds), key))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_split_cached(name, path, text_key, data_dir, split) -> np.ndarray:
+  cfg = ml_collections.ConfigDict(dict(name=name, path=path, text_key=text_key,
+                                       data_dir=data_dir))
+  if name == 'stdlib':
+    return _load_stdlib(cfg, split)
+  if name == 'text_files':
+    return _load_text_files(cfg, split)
+  return _load_catalog(cfg, split)
+
+
+def load_split(data_config, split: str) -> np.ndarray:
+  """All bytes of `split` ('train' or 'validation') as one uint8 array."""
+  return _load_split_cached(data_config.name, data_config.get('path') or '',
+                            data_config.get('text_key') or 'text',
+                            data_config.get('data_dir') or '', split)
+
+
+
+
+class Corpus(registry.Task):
+  """Next-byte prediction on windows of a corpus."""
+
+  name = 'corpus'
+
+  def matches(self, name: str) -> bool:
+    return name in ('stdlib', 'text_files') or (name.startswith('tfds:') and len(name) > 5)
+
+  @property
+  def display_names(self) -> tuple[str, ...]:
+    return ('stdlib', 'text_files', 'tfds:<name>')
+
+  def load(self, data_config, split: str) -> data_lib.Windows:
+    return data_lib.Windows(load_split(data_config, split), data_config.seq_len,
+                        f"{split} split of {data_config.name!r}")
+
+
+registry.register(Corpus())
