@@ -1,9 +1,9 @@
 """Run a sweep of training runs here, print its commands for a cluster, or report it.
 
-    python sweep.py --sweep=configs/sweep_quick.py --workdir=runs/sweep_quick
-    python sweep.py --sweep=configs/sweep_m_heads.py --workdir=/shared/sweep --print_commands
-    python sweep.py --sweep=configs/sweep_m_heads.py --workdir=/shared/sweep --report
-    python sweep.py --sweep=configs/sweep_mqar_short.py --workdir=runs/sweep_mqar_short --report \
+    python sweep.py --sweep=configs/sweeps/quick.py --workdir=runs/sweep_quick
+    python sweep.py --sweep=configs/sweeps/m_heads.py --workdir=/shared/sweep --print_commands
+    python sweep.py --sweep=configs/sweeps/m_heads.py --workdir=/shared/sweep --report
+    python sweep.py --sweep=configs/sweeps/mqar.py:short --workdir=runs/sweep_mqar_short --report \
         --report_lines=recall_across_chunks_by_pairs --report_dir=runs/sweep_mqar_short/across
 """
 
@@ -30,6 +30,7 @@ def main(argv):
   try:
     sweep = sweep_lib.load_sweep(_SWEEP.value)
     if _PRINT.value:
+      sweep_lib.validate_points(sweep)
       print('\n'.join(sweep_lib.point_commands(sweep, _WORKDIR.value)))
       return
     finished = True

@@ -29,6 +29,7 @@ from benchmarks import common  # noqa: E402
 
 LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
 VARIANTS = [('causal_latent', 16), ('causal_latent', 64), ('causal_latent', 256), ('full', 0)]
+REFERENCE = 'full'  # the kind every speed-up is measured against
 
 
 def measure_one(kind: str, num_latents: int, n: int, width: int, heads: int, chunk: int,
@@ -65,8 +66,8 @@ def speedups(records: list[dict]) -> list[dict]:
   ok = {(r['kind'], r['num_latents'], r['n']): r for r in records if r['status'] == 'ok'}
   out = []
   for (kind, m, n), rec in sorted(ok.items(), key=lambda kv: (kv[0][2], kv[0][1])):
-    full = ok.get(('full', 0, n))
-    if kind == 'causal_latent' and full:
+    full = ok.get((REFERENCE, 0, n))
+    if kind != REFERENCE and full:
       rounds = [f / t for f, t in zip(full['seconds_rounds'], rec['seconds_rounds'])]
       out.append({'n': n, 'num_latents': m, 'rounds': rounds,
                   'median': statistics.median(rounds)})
@@ -92,7 +93,7 @@ def plot(records: list[dict], path: str) -> None:
   plt = io_utils.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for kind, m in VARIANTS:
-    label = 'full' if kind == 'full' else f'causal_latent M={m}'
+    label = common.variant_label(kind, m)
     pts = [r for r in records if r['kind'] == kind and r['num_latents'] == m and r['status'] == 'ok']
     if pts:
       # Bars span the rounds' fastest and slowest medians (--rounds), if there were rounds.

@@ -64,6 +64,12 @@ def layer_fwd_bwd(kind: str, n: int, *, width: int, heads: int, chunk: int, num_
   loss = lambda p, x: jnp.mean(layer.apply(p, x).astype(jnp.float32) ** 2)
   return jax.jit(jax.grad(loss, argnums=(0, 1))), params, x
 
+def variant_label(kind: str, num_latents: int) -> str:
+  """'causal_latent M=64' for a kind with latents, else the kind's name."""
+  from latent_flax.attention import registry
+  return f'{kind} M={num_latents}' if registry.get(kind).has_latents else kind
+
+
 def make_oom_killable() -> None:
   """In a child process: be the first the kernel's OOM killer picks."""
   try:

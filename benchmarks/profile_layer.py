@@ -96,7 +96,7 @@ def plot(records: list[dict], path: str) -> None:
   fig, ax = plt.subplots(figsize=(7.4, 4.2))
   width = 0.8 / len(records)
   for i, r in enumerate(records):
-    label = ('full' if r['kind'] == 'full' else f"causal_latent M={r['num_latents']}") + (
+    label = common.variant_label(r['kind'], r['num_latents']) + (
         f" (wall {r['wall_ms']:.0f} ms, {r['gflop']:.1f} GFLOP)")
     xs = [j + (i - (len(records) - 1) / 2) * width for j in range(len(CATEGORIES))]
     ax.bar(xs, [r['by_category_ms'].get(c, 0.0) for c in CATEGORIES], width, label=label)

@@ -1,6 +1,6 @@
 """A short sweep that shows what M buys in about 20 minutes on a 2-core CPU.
 
-    python sweep.py --sweep=configs/sweep_quick.py --workdir=runs/sweep_quick
+    python sweep.py --sweep=configs/sweeps/quick.py --workdir=runs/sweep_quick
 
 Small models (2 layers, D=128) for 300 steps of 8 x 512 bytes with chunk size 32,
 so that everything further back than 32 bytes reaches a token only through the

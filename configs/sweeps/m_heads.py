@@ -1,7 +1,7 @@
 """Sweep: latents M in {16, ..., 256} x heads in {2, 4, 8}, plus full attention per head count.
 
-    python sweep.py --sweep=configs/sweep_m_heads.py --workdir=runs/sweep_m_heads
-    python sweep.py --sweep=configs/sweep_m_heads.py --workdir=DIR --print_commands  # cluster
+    python sweep.py --sweep=configs/sweeps/m_heads.py --workdir=runs/sweep_m_heads
+    python sweep.py --sweep=configs/sweeps/m_heads.py --workdir=DIR --print_commands  # cluster
 
 18 runs of configs/base.py (600 steps each, ~8 min each on a 2-core CPU).
 """
