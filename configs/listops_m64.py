@@ -3,7 +3,7 @@
     python train.py --config=configs/listops_m64.py --workdir=runs/listops_m64
     python eval.py --workdir=runs/listops_m64 --split=test
 
-The data set (latent_flax/listops.py: 96,000 / 2,000 / 2,000 expressions of 500 to
+The data set (latent_flax/tasks/listops.py: 96,000 / 2,000 / 2,000 expressions of 500 to
 2,000 tokens, 10 classes) is generated once into config.data.data_dir as a local
 tfds data set (about 4 minutes here). Examples are padded to 2,000 tokens; padding is
 masked in every attention and in the pooling. configs/listops_full.py is the same

@@ -1,4 +1,4 @@
-"""Multi-query associative recall (latent_flax/mqar.py): how many facts M latents hold.
+"""Multi-query associative recall (latent_flax/tasks/mqar.py): how many facts M latents hold.
 
     python train.py --config=configs/mqar.py --workdir=runs/mqar
     python train.py --config=configs/mqar.py:m=16,pairs=32,seq_len=512 --workdir=runs/mqar_m16

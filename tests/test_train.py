@@ -180,3 +180,38 @@ def test_eval_errors_are_clear(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='no config.json'):
     eval_lib.evaluate_checkpoint(str(tmp_path / 'empty'))
+
+
+def test_best_checkpoint_is_the_lowest_eval_and_survives_a_resume(tmp_path, monkeypatch):
+  """Scripted eval losses 3.0, 1.0, 2.0 | resume | 2.5, 2.2, 2.4 at steps 2..12: with one
+  latest checkpoint kept, the best (step 4) must be kept too, across the restart."""
+  from latent_flax import evaluation
+  losses = [3.0, 1.0, 2.0, 2.5, 2.2, 2.4]
+  real = evaluation.evaluate
+
+  def scripted(*args, **kwargs):
+    result = real(*args, **kwargs)
+    loss = losses.pop(0)
+    return {**result, 'loss': loss, 'bits_per_byte': loss / np.log(2)}
+
+  monkeypatch.setattr(evaluation, 'evaluate', scripted)
+  next_batch = data_lib.TrainIterator.__next__
+
+  def preempting_next(self):
+    if self.position == 6:
+      signal.raise_signal(signal.SIGTERM)
+    return next_batch(self)
+
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(tmp_path, num_train_steps=12, eval_every_steps=2,
+                       checkpoint_every_steps=2, keep_checkpoints=1)
+  monkeypatch.setattr(data_lib.TrainIterator, '__next__', preempting_next)
+  assert train_lib.train_and_evaluate(config, workdir)['step'] == 7
+  monkeypatch.setattr(data_lib.TrainIterator, '__next__', next_batch)
+  assert train_lib.train_and_evaluate(config, workdir)['step'] == 12
+  assert not losses
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints')), key=int) == ['4', '12']
+  monkeypatch.setattr(evaluation, 'evaluate', real)
+  assert eval_lib.evaluate_checkpoint(workdir, step='best')['step'] == 4
+  with pytest.raises(ValueError, match="--step='good' must be a step number, 'latest' or 'best'"):
+    eval_lib.evaluate_checkpoint(workdir, step='good')
