@@ -11,7 +11,7 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # per core up to 4: on 2 cores the suite took about 11 min (10:32 to 11:16) instead of 15.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
-.PHONY: setup train eval test bench
+.PHONY: setup train eval test bench peers peers-venv
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,14 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/attention_scaling.py
+
+# The PyTorch reference of benchmarks/peers.py lives in its own venv (CPU wheel, local
+# file); torch is never a dependency of the project or its tests.
+peers-venv: .venv-torch/.installed
+.venv-torch/.installed:
+	$(PYTHON) -m venv .venv-torch
+	.venv-torch/bin/pip install -q torch==2.13.0 numpy
+	touch $@
+
+peers: setup peers-venv
+	$(PY) benchmarks/peers.py

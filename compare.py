@@ -8,9 +8,9 @@ Reads each workdir's config.json, metrics.jsonl and eval.py's eval_test_step_S.j
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from latent_flax import compare_lib
+from latent_flax import cli, compare_lib
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "A train.py workdir (repeat the flag).")
 _OUT = flags.DEFINE_string("out", None, "Directory for compare.md and the PNGs.")
@@ -20,15 +20,11 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv):
   del argv
-  try:
-    rows = [compare_lib.summarize(w) for w in _WORKDIRS.value]
-    paths = compare_lib.write(rows, _OUT.value, _TITLE.value)
-  except ValueError as e:
-    print(f"compare.py: {e}", file=sys.stderr)
-    sys.exit(2)
+  rows = [compare_lib.summarize(w) for w in _WORKDIRS.value]
+  paths = compare_lib.write(rows, _OUT.value, _TITLE.value)
   print(open(paths[0]).read().split('\n![')[0])
   print(f"wrote {', '.join(paths)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,12 +4,10 @@
     python eval.py --workdir=/tmp/lf_m64 --config=configs/m64.py --config.data.name=text_files ...
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from latent_flax import eval_lib, tasks
+from latent_flax import cli, eval_lib, io_utils, tasks
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional config (default: the workdir's config.json).", lock_config=True)
@@ -26,16 +24,16 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
-  try:
-    r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, _CONFIG.value,
-                                     _NUM_EVAL_STEPS.value, _SPLIT.value)
-  except ValueError as e:
-    print(f"eval.py: {e}", file=sys.stderr)
-    sys.exit(2)
+  config = cli.config_value(_CONFIG) if _CONFIG.value is not None else None
+  r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, config,
+                                   _NUM_EVAL_STEPS.value, _SPLIT.value, write=False)
   print('\n'.join(tasks.get(r['dataset']).describe(r)))
+  try:
+    io_utils.write_json(r['path'], {k: v for k, v in r.items() if k != 'path'})
+  except OSError as e:  # a read-only workdir: the result above is all there is
+    cli.fail(f"the result above was not saved: {cli.describe(e)}", code=1)
   print(f"wrote {r['path']}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -6,9 +6,9 @@
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
-from latent_flax import decode
+from latent_flax import cli, decode
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
 _PROMPT = flags.DEFINE_string("prompt", "def ", "Text to continue (UTF-8 bytes are the tokens).")
@@ -25,15 +25,10 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)
-  try:
-    sampling = decode.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
-    r = decode.sample_from_checkpoint(_WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value,
-                                      sampling, seed=_SEED.value, num_samples=_NUM_SAMPLES.value,
-                                      step=_STEP.value)
-  except ValueError as e:
-    print(f"generate.py: {e}", file=sys.stderr)
-    sys.exit(2)
+  sampling = decode.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+  r = decode.sample_from_checkpoint(_WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value,
+                                    sampling, seed=_SEED.value, num_samples=_NUM_SAMPLES.value,
+                                    step=_STEP.value)
   for i, text in enumerate(r['samples']):
     print(f"--- sample {i} (step {r['step']}) ---\n{r['prompt']}{text}")
   print(f"--- {r['tokens_per_s']:.1f} bytes/s including compilation; decoding state "
@@ -41,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -9,9 +9,9 @@
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from latent_flax import sweep_lib
+from latent_flax import cli, sweep_lib
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep module (BASE, COMMON, get_sweep()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
@@ -27,25 +27,21 @@ flags.mark_flags_as_required(["sweep", "workdir"])
 
 def main(argv):
   del argv
-  try:
-    sweep = sweep_lib.load_sweep(_SWEEP.value)
-    if _PRINT.value:
-      sweep_lib.validate_points(sweep)
-      print('\n'.join(sweep_lib.point_commands(sweep, _WORKDIR.value)))
-      return
-    finished = True
-    if not _REPORT.value:
-      finished = sweep_lib.run_sweep(sweep, _WORKDIR.value)
-    report = {**sweep.report, 'lines': _REPORT_LINES.value or sweep.report['lines']}
-    rows = sweep_lib.collect(_WORKDIR.value, report['lines'])
-    if not rows:
-      raise ValueError(f"{_WORKDIR.value} holds no runs yet (with {report['lines']!r}); "
-                       "run the sweep first.")
-    paths = sweep_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
-                                   title=f"Sweep {_SWEEP.value}", report=report)
-  except ValueError as e:
-    print(f"sweep.py: {e}", file=sys.stderr)
-    sys.exit(2)
+  sweep = sweep_lib.load_sweep(_SWEEP.value)
+  if _PRINT.value:
+    sweep_lib.validate_points(sweep)
+    print('\n'.join(sweep_lib.point_commands(sweep, _WORKDIR.value)))
+    return
+  finished = True
+  if not _REPORT.value:
+    finished = sweep_lib.run_sweep(sweep, _WORKDIR.value)
+  report = {**sweep.report, 'lines': _REPORT_LINES.value or sweep.report['lines']}
+  rows = sweep_lib.collect(_WORKDIR.value, report['lines'])
+  if not rows:
+    raise ValueError(f"{_WORKDIR.value} holds no runs yet (with {report['lines']!r}); "
+                     "run the sweep first.")
+  paths = sweep_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
+                                 title=f"Sweep {_SWEEP.value}", report=report)
   print(open(paths[0]).read().split('\n![')[0])
   print(f"wrote {', '.join(paths)}")
   if not finished:
@@ -53,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

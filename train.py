@@ -1,15 +1,13 @@
-"""Train a latent-attention language model.
+"""Train a latent-attention language model (or a task's model) in a workdir.
 
-    python train.py --config=configs/m64.py --workdir=/tmp/lf_m64
+    python train.py --config=configs/m64.py --workdir=runs/m64
     python train.py --config=configs/m64.py:heads=8 --config.num_train_steps=100 --workdir=...
 """
 
-import sys
-
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from latent_flax import distributed, train_lib
+from latent_flax import cli, distributed, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
@@ -18,14 +16,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  logging.set_verbosity(logging.WARNING)  # progress is printed by the loop itself
+  config = cli.config_value(_CONFIG)
   distributed.initialize()
-  try:
-    train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FloatingPointError) as e:
-    print(f"train.py: {e}", file=sys.stderr)
-    sys.exit(2)
+  train_lib.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

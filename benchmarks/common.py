@@ -49,6 +49,16 @@ def add_layer_args(ap, *, one_point: bool) -> None:
   ap.add_argument('--heads', type=int, default=4)
   ap.add_argument('--chunk', type=int, default=128)
 
+def add_model_args(ap, *, width: int, mlp: int) -> None:
+  """The LM shape flags of the whole-model benchmarks: --width, --heads, --mlp,
+  --layers, --chunk."""
+  ap.add_argument('--width', type=int, default=width)
+  ap.add_argument('--heads', type=int, default=4)
+  ap.add_argument('--mlp', type=int, default=mlp)
+  ap.add_argument('--layers', type=int, default=4)
+  ap.add_argument('--chunk', type=int, default=128)
+
+
 def layer_fwd_bwd(kind: str, n: int, *, width: int, heads: int, chunk: int, num_latents: int,
                   dtype: str = 'float32'):
   """One causal attention layer of `kind` (any causal kind of the registry), batch 1:
@@ -78,11 +88,11 @@ def make_oom_killable() -> None:
   except OSError:
     pass
 
-def run_isolated(argv: list[str], timeout_s: float) -> dict:
-  """Runs one measurement in a fresh process; OOM and timeouts become records."""
+def run_isolated(argv: list[str], timeout_s: float, python: str = sys.executable) -> dict:
+  """Runs one measurement in a fresh process (of `python`); OOM and timeouts become records."""
   t0 = time.perf_counter()
   try:
-    proc = subprocess.run([sys.executable] + argv, capture_output=True, text=True,
+    proc = subprocess.run([python] + argv, capture_output=True, text=True,
                           timeout=timeout_s, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
   except subprocess.TimeoutExpired:
     return {'status': 'timeout', 'timeout_s': timeout_s}

@@ -8,5 +8,5 @@ from configs import base
 
 def get_config(arg=None):
   config = base.get_config()
-  config.model.attention = 'full'   # quadratic attention through jax.nn.dot_product_attention
+  config.model.attention = 'full'   # softmax attention; blockwise (flash-style) core by default
   return base.apply_arg(config, arg)

@@ -126,15 +126,44 @@ def restore_workdir(workdir: str, config: ml_collections.ConfigDict, model,
     raise ValueError(f"{workdir} holds no checkpoints; train first or point at another workdir.")
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = abstract_state(model, config, sharding)
+  # A trainer running on the workdir may delete a checkpoint while it is being read
+  # (it keeps only the latest and the best): then read what is latest (or best) now.
+  for attempt in range(_READ_ATTEMPTS):
+    mngr = manager(workdir, config, read_only=True)
+    resolved = None
+    try:
+      resolved = resolve_step(mngr, step, workdir)
+      if params_only:
+        check_checkpoint_matches(mngr, resolved, target, workdir)
+        return _restore_params(workdir, resolved, target)
+      state, data_state = restore(mngr, resolved, target, workdir)
+      return Restored(state, state.params, data_state, resolved)
+    except ValueError:
+      if (resolved is None or attempt == _READ_ATTEMPTS - 1
+          or _still_saved(workdir, config, resolved)):
+        raise
+      if step not in (None, 'latest', 'best'):
+        raise ValueError(f"checkpoint step {resolved} in {workdir} was deleted while being read "
+                         "(a trainer is running there and keeps only the latest and the best); "
+                         "use --step=latest or --step=best.") from None
+    finally:
+      mngr.close()
+  raise AssertionError('unreachable')
+
+
+_READ_ATTEMPTS = 3
+
+
+def _still_saved(workdir: str, config, step: int) -> bool:
   mngr = manager(workdir, config, read_only=True)
   try:
-    step = resolve_step(mngr, step, workdir)
-    if not params_only:
-      state, data_state = restore(mngr, step, target, workdir)
-      return Restored(state, state.params, data_state, step)
-    check_checkpoint_matches(mngr, step, target, workdir)
+    return step in mngr.all_steps()
   finally:
     mngr.close()
+
+
+def _restore_params(workdir: str, step: int, target: steps.TrainState) -> Restored:
+  """The parameters of `step` alone (a partial restore: no optimizer state is read)."""
   params_mngr = ocp.CheckpointManager(
       os.path.abspath(os.path.join(workdir, 'checkpoints')),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),

@@ -1,4 +1,9 @@
-"""Multi-process start-up from flags or environment (jax.distributed)."""
+"""Multi-process start-up (jax.distributed) from flags or environment.
+
+--distributed=auto lets JAX detect the cluster (TPU pods, SLURM, Open MPI, Kubernetes and
+the other environments jax.distributed knows); --coordinator_address (with
+--num_processes and --process_id) sets it up by hand; neither: one process.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ import os
 import jax
 from absl import flags
 
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", os.environ.get("LF_DISTRIBUTED", "off"), ["off", "auto"],
+    "auto: jax.distributed.initialize() detects the cluster (env LF_DISTRIBUTED).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
     "host:port of process 0 for multi-process training (env JAX_COORDINATOR_ADDRESS).")
@@ -19,7 +27,14 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 
 def initialize() -> None:
-  """Calls jax.distributed.initialize when a coordinator is given; else single process."""
+  """jax.distributed.initialize as the flags ask; nothing for a single process."""
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value == 'auto':
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      raise ValueError(f"--distributed=auto found no cluster to join ({str(e).splitlines()[0]}); "
+                       "run without it, or pass --coordinator_address, --num_processes and "
+                       "--process_id.") from None

@@ -43,12 +43,14 @@ def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
 
 def evaluate_checkpoint(workdir: str, step: int | str | None = None,
                         config: ml_collections.ConfigDict | None = None,
-                        num_eval_steps: int | None = None, split: str = 'validation') -> dict:
+                        num_eval_steps: int | None = None, split: str = 'validation', *,
+                        write: bool = True) -> dict:
   """Restores `step` (default: latest) from workdir, evaluates `split`, writes its JSON.
 
   The JSON is workdir/eval_step_<S>.json for the validation split and
-  eval_<split>_step_<S>.json for another. The task adds its own results (MQAR:
-  `recall_accuracy`, `recall_by_pairs`, `recall_across_chunks_by_pairs`).
+  eval_<split>_step_<S>.json for another (result['path']; with write=False the caller
+  writes it). The task adds its own results (MQAR: `recall_accuracy`, `recall_by_pairs`,
+  `recall_across_chunks_by_pairs`).
   """
   config = workdir_config(workdir, config)
   task = tasks.get(config.data.name)
@@ -60,9 +62,8 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
   result = evaluation.evaluate(restored.parallel, restored.state.params, task, sets, main,
                                global_batch, n)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
-  if jax.process_index() == 0:
-    name = 'eval' if split == 'validation' else f'eval_{split}'
-    path = os.path.join(workdir, f'{name}_step_{restored.step}.json')
+  name = 'eval' if split == 'validation' else f'eval_{split}'
+  path = os.path.join(workdir, f'{name}_step_{restored.step}.json')
+  if write and jax.process_index() == 0:
     io_utils.write_json(path, result)
-    result['path'] = path
-  return result
+  return {**result, 'path': path}

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from latent_flax.attention import registry
+from latent_flax.attention.primitives import ATTENTION_IMPLS
 
 VOCAB_SIZE = 256
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -47,6 +48,9 @@ class ModelConfig:
   num_latents: int = 64             # M: learnable latents per block (latent kinds)
   num_heads: int = 4                # H: heads in every attention (emb_dim must divide by it)
   chunk_size: int = 128             # C: tokens per chunk (causal_latent)
+  attention_impl: str = 'auto'      # full attention's softmax core: 'auto', 'blockwise'
+                                    # (flash-style, O(N*D) memory), 'naive' (N x N, the
+                                    # reference) or 'cudnn' (GPU, bfloat16/float16)
   emb_dim: int = 128                # D: model width
   mlp_dim: int = 512                # hidden width of the MLP
   num_layers: int = 4               # number of blocks
@@ -104,6 +108,12 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
   need(cfg.dtype in DTYPES,
        f"config.model.dtype={cfg.dtype!r} is unknown; use one of {list(DTYPES)}.")
   need(isinstance(cfg.remat, bool), f"config.model.remat={cfg.remat!r} must be True or False.")
+  need(cfg.attention_impl in ATTENTION_IMPLS,
+       f"config.model.attention_impl={cfg.attention_impl!r} is unknown; use one of "
+       f"{list(ATTENTION_IMPLS)}.")
+  need(cfg.attention_impl != 'cudnn' or cfg.dtype == 'bfloat16',
+       "config.model.attention_impl='cudnn' needs config.model.dtype='bfloat16' (cuDNN's "
+       "fused attention has no float32 path); or use 'auto'.")
   need(cfg.input_positions in INPUT_POSITIONS,
        f"config.model.input_positions={cfg.input_positions!r} is unknown; use one of "
        f"{list(INPUT_POSITIONS)}.")

@@ -8,6 +8,7 @@ Metrics go to TensorBoard (clu), `metrics.jsonl` and the console.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -20,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+import numpy as np
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
-from latent_flax import checkpoint, config_lib, evaluation, io_utils, steps, tasks
+from latent_flax import checkpoint, config_lib, evaluation, io_utils, steps, tasks, workdir_lock
 from latent_flax import data as data_lib
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
@@ -84,19 +87,50 @@ class _StopRequest:
 # The loop.
 # --------------------------------------------------------------------------- #
 
+def _any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any (a collective when multi-process)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.int32(flag)).max())
+
+
+@contextlib.contextmanager
+def _claim(workdir: str):
+  """The workdir's lock, held by process 0; every process refuses if it is taken."""
+  with contextlib.ExitStack() as stack:
+    error = ''
+    if jax.process_index() == 0:
+      try:
+        stack.enter_context(workdir_lock.hold(workdir))
+      except ValueError as e:
+        error = str(e)
+    if _any_process(bool(error)):
+      raise ValueError(error or f"{workdir} is in use: process 0 could not lock it.")
+    yield
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains config in workdir (resuming if it holds checkpoints). Returns final metrics."""
-  if not workdir:
-    raise ValueError("--workdir is required: where checkpoints and metrics go.")
+  """Trains config in workdir (resuming if it holds checkpoints). Returns final metrics.
+
+  Everything that can be refused is checked before the workdir is touched: the config,
+  the workdir (a directory, compatible with the run it holds), the data. Then the
+  workdir is locked for this run (a second trainer is refused in one line).
+  """
+  workdir_lock.check_workdir(workdir)
   config_lib.validate_config(config)
   saved = config_lib.load_saved_config(workdir)
   if saved is not None:
     config_lib.check_compatible(saved, config, workdir)
-  n_proc, proc = jax.process_count(), jax.process_index()
-  global_batch = config.per_device_batch_size * jax.device_count()
   task = tasks.get(config.data.name)
   train_source = tasks.load(config.data, 'train')
   eval_sets, eval_main = task.eval_sets(config.data, config.model, 'validation')
+  with _claim(workdir):
+    return _train(config, workdir, task, train_source, eval_sets, eval_main)
+
+
+def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
+  n_proc, proc = jax.process_count(), jax.process_index()
+  global_batch = config.per_device_batch_size * jax.device_count()
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
@@ -166,7 +200,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += 1
       is_log = step % config.log_every_steps == 0 or step == config.num_train_steps
       is_eval = step % config.eval_every_steps == 0 or step == config.num_train_steps
-      stopping = stop.signal is not None  # one reading: a signal arriving later is seen next step
+      # One reading, agreed by all processes (a signal to any one stops all at the same
+      # step); a signal arriving later is seen at the next step.
+      stopping = _any_process(stop.signal is not None)
       is_ckpt = (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
                  or stopping)
       report(step, time.time())
@@ -219,8 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       last_time, last_step = time.time(), step
       if stopping and step < config.num_train_steps:
         mngr.wait_until_finished()
-        say(f"Received {stop.signal}: saved checkpoint step {step} in "
-            f"{mngr.directory}; rerun the same command to resume.")
+        say(f"Received {stop.signal or 'a stop signal on another process'}: saved checkpoint "
+            f"step {step} in {mngr.directory}; rerun the same command to resume.")
         break
   mngr.wait_until_finished()
   mngr.close()

@@ -103,3 +103,30 @@ def test_bad_data_config_gives_one_clear_line(kw, message):
 def test_corpus_shorter_than_one_window():
   with pytest.raises(ValueError, match='fewer than one window'):
     data.Windows(np.zeros(10, np.uint8), seq_len=16)
+
+
+def test_folder_split_ignores_how_the_path_is_written_and_is_never_empty(tmp_path):
+  folder = tmp_path / 'corpus'
+  folder.mkdir()
+  for i in range(12):
+    (folder / f'f{i}.txt').write_text(f'file {i} ' * 10)
+  spellings = [str(folder), str(folder) + '/', str(tmp_path / '.' / 'corpus'),
+               str(folder / '*.txt')]
+  splits = [(bytes(corpus.load_split(_dc(path=p), 'train')),
+             bytes(corpus.load_split(_dc(path=p), 'validation'))) for p in spellings]
+  assert all(s == splits[0] for s in splits), 'the split depends on how the path is spelled'
+  renamed = tmp_path / 'renamed'
+  folder.rename(renamed)
+  assert (bytes(corpus.load_split(_dc(path=str(renamed)), 'train')),
+          bytes(corpus.load_split(_dc(path=str(renamed)), 'validation'))) == splits[0]
+  # Two files: one each way, whatever their hashes (10% validation by hash alone would
+  # leave validation empty 81% of the time).
+  for names in (('a.txt', 'b.txt'), ('x1', 'x2'), ('p', 'q')):
+    pair = tmp_path / ('pair_' + names[0])
+    pair.mkdir()
+    for n in names:
+      (pair / n).write_text(n * 50)
+    train = data.decode(corpus.load_split(_dc(path=str(pair)), 'train'))
+    val = data.decode(corpus.load_split(_dc(path=str(pair)), 'validation'))
+    assert train and val and (names[0] * 50 in val) != (names[0] * 50 in train)
+  assert corpus.split_files(['only'], 10) in (([], ['only']), (['only'], []))

@@ -161,6 +161,29 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   assert f'Resuming from checkpoint step {STEPS} ' in '\n'.join(more.lines)
   assert str(STEPS + 2) in _checkpoint_dirs(workdir)
 
+  # SIGTERM to one process only: both save the same step and exit 0, and rerunning both
+  # ends exactly as the uninterrupted two-process run did (before the extra steps).
+  reference_two = str(tmp_path / 'two_reference')
+  shutil.copytree(workdir, reference_two)
+  stopped = str(tmp_path / 'two_stopped')
+  address = f'localhost:{_free_port()}'
+  argv = lambda i, a: _train_argv(config_path, stopped, f'--coordinator_address={a}',
+                                  '--num_processes=2', f'--process_id={i}')
+  procs = [children(argv(i, address), devices=2) for i in range(2)]
+  procs[0].wait_for(r'^step +4/')
+  procs[1].proc.send_signal(signal.SIGTERM)
+  line = procs[0].wait_for(r'^Received ')
+  for p in procs:
+    assert p.finish(timeout=120) == 0, '\n'.join(p.lines[-20:])
+  saved = int(re.search(r'saved checkpoint step (\d+) in', line).group(1))
+  assert 'another process' in line and 4 <= saved < STEPS
+  assert _checkpoint_dirs(stopped)[-1] == str(saved)
+  address = f'localhost:{_free_port()}'
+  for p in [children(argv(i, address), devices=2) for i in range(2)]:
+    assert p.finish(timeout=300) == 0, '\n'.join(p.lines[-20:])
+  jax.tree.map(np.testing.assert_array_equal, _params(stopped), _params(reference_two))
+  assert _metrics(stopped) == _metrics(reference_two)[:len(_metrics(stopped))]
+
 
 def test_eval_on_missing_empty_or_corrupt_workdir_prints_one_line_and_fails(
     straight, children, tmp_path):
@@ -182,3 +205,69 @@ def test_eval_on_missing_empty_or_corrupt_workdir_prints_one_line_and_fails(
     errors = [l for l in child.lines if l.startswith('eval.py:')]
     assert len(errors) == 1 and re.search(message, errors[0]), child.lines[-5:]
     assert not any(l.startswith('Traceback') for l in child.lines)
+
+
+_HOLD_LOCK = ("import sys, time\nfrom latent_flax import workdir_lock\n"
+              "with workdir_lock.hold(sys.argv[1]):\n  print('held', flush=True)\n"
+              "  time.sleep(600)\n")
+
+
+def test_a_workdir_has_one_trainer_and_a_killed_one_leaves_no_stale_lock(
+    straight, children, tmp_path):
+  config_path, reference = straight
+  workdir = str(tmp_path / 'owned')
+  shutil.copytree(reference, workdir)
+  config_before = open(os.path.join(workdir, 'config.json')).read()
+  holder = children(['-c', _HOLD_LOCK, workdir])  # stands in for a running trainer
+  holder.wait_for('^held$')
+  second = children(_train_argv(config_path, workdir, '--config.learning_rate=0.5',
+                                f'--config.num_train_steps={STEPS + 2}'))
+  assert second.finish() == 2
+  errors = [l for l in second.lines if l.startswith('train.py:')]
+  assert len(errors) == 1 and f'in use by another train.py (pid {holder.proc.pid})' in errors[0]
+  assert not any(l.startswith('Traceback') for l in second.lines)
+  assert open(os.path.join(workdir, 'config.json')).read() == config_before  # not rewritten
+  holder.proc.send_signal(signal.SIGKILL)
+  holder.proc.wait(timeout=30)
+  resumed = _run_to_end(children, _train_argv(config_path, workdir,
+                                              f'--config.num_train_steps={STEPS + 2}'))
+  assert f'Resuming from checkpoint step {STEPS} ' in '\n'.join(resumed.lines)
+
+
+@pytest.mark.parametrize('case,args,message', [
+    ('unknown field', ['--config.model.foo=1'], r"--config.model.foo: 'foo' is not a config field"),
+    ('bad argument', ['--config=configs/m64.py:m=abc'], r"config argument m='abc' must be an integer"),
+    ('missing config', ['--config=configs/no_such_config.py'], r'No such file'),
+    ('workdir is a file', ['--workdir={file}'], r'is a file; give a directory'),
+    # (as root, a read-only directory is still writable: a path through a file stands in)
+    ('unwritable workdir', ['--workdir={unwritable}'],
+     r'cannot write to --workdir=.*; give a writable'),
+])
+def test_bad_invocations_are_one_line_exit_2(straight, children, tmp_path, case, args, message):
+  config_path, _ = straight
+  (tmp_path / 'file').write_text('x')
+  fill = dict(config=config_path, file=tmp_path / 'file', unwritable=tmp_path / 'file' / 'run')
+  argv = _train_argv(config_path, str(tmp_path / 'run'))
+  for a in args:
+    a = a.format(**fill)
+    key = a.split('=')[0]
+    argv = [x for x in argv if not (x.split('=')[0] == key and '.' not in key[2:])] + [a]
+  child = children(argv)
+  assert child.finish() == 2, (case, child.lines[-5:])
+  errors = [l for l in child.lines if l.startswith('train.py:')]
+  assert len(errors) == 1 and re.search(message, errors[0]), (case, child.lines[-5:])
+  assert not any('Traceback' in l for l in child.lines), case
+  assert not (tmp_path / 'run').exists()
+
+
+def test_eval_prints_its_result_even_when_it_cannot_save_it(straight, children, tmp_path):
+  _, reference = straight
+  workdir = tmp_path / 'unsaveable'
+  shutil.copytree(reference, workdir)
+  (workdir / f'eval_step_{STEPS}.json').mkdir()  # the JSON's path cannot be written
+  child = children(['eval.py', f'--workdir={workdir}'])
+  assert child.finish() == 1
+  assert any(re.match(rf'step {STEPS}  loss [\d.]+ nats/byte  bits/byte', l) for l in child.lines)
+  errors = [l for l in child.lines if l.startswith('eval.py:')]
+  assert len(errors) == 1 and 'the result above was not saved' in errors[0], child.lines[-5:]
+  assert not list(workdir.glob('*.tmp'))

@@ -324,6 +324,11 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   predicted, step = listops_baselines.model_predictions(workdir, test['inputs'], test['mask'],
                                                         batch=8)
   assert step == 4 and np.mean(predicted == test['targets']) == pytest.approx(result['accuracy'])
+  # generate.py on a classifier's workdir says so, in one line, before reading anything.
+  from latent_flax import decode
+  with pytest.raises(ValueError, match="holds a classify model of data set 'listops', not a "
+                                       "language model"):
+    decode.sample_from_checkpoint(workdir, '[MAX', 4)
   rule = listops_baselines.rule_predictions(np.array([11, 11, 12, 12, 12]),
                                             np.array([3, 3, 5, 1, 1]), np.array([12, 11]), 10)
   np.testing.assert_array_equal(rule, [1, 3])

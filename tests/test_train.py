@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -215,3 +216,29 @@ def test_best_checkpoint_is_the_lowest_eval_and_survives_a_resume(tmp_path, monk
   assert eval_lib.evaluate_checkpoint(workdir, step='best')['step'] == 4
   with pytest.raises(ValueError, match="--step='good' must be a step number, 'latest' or 'best'"):
     eval_lib.evaluate_checkpoint(workdir, step='good')
+
+
+def test_eval_reads_another_checkpoint_when_a_trainer_deletes_the_one_being_read(
+    tmp_path, monkeypatch):
+  from latent_flax import checkpoint
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(tmp_path, num_train_steps=6)
+  train_lib.train_and_evaluate(config, workdir)  # checkpoints 3 and 6
+  real = checkpoint.restore
+  deleted = []
+
+  def trainer_deletes_it(mngr, step, target, where):
+    if not deleted:  # as a running trainer's retention policy would, mid-read
+      deleted.append(step)
+      shutil.rmtree(os.path.join(mngr.directory, str(step)))
+    return real(mngr, step, target, where)
+
+  monkeypatch.setattr(checkpoint, 'restore', trainer_deletes_it)
+  result = eval_lib.evaluate_checkpoint(workdir)
+  assert deleted == [6] and result['step'] == 3
+  monkeypatch.setattr(checkpoint, 'restore', real)
+  train_lib.train_and_evaluate(tiny_config(tmp_path, num_train_steps=9), workdir)  # 6 and 9
+  deleted.clear()
+  monkeypatch.setattr(checkpoint, 'restore', trainer_deletes_it)
+  with pytest.raises(ValueError, match='step 6 in .* was deleted while being read'):
+    eval_lib.evaluate_checkpoint(workdir, step=6)

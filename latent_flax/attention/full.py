@@ -1,12 +1,13 @@
 """Full multi-head self-attention, causal or bidirectional: the baseline.
 
-O(N*N*D) time. Rotary positions on queries and keys. Decoding keeps the usual
-KV cache of O(cache_len * D) per layer.
+O(N*N*D) time (half the blocks when causal). `impl` picks the softmax core
+(primitives.ATTENTION_IMPLS): by default the blockwise flash-style core of flash.py,
+O(N*D) memory, or cuDNN's fused attention on a GPU in half precision; 'naive' is XLA's
+N x N path, kept as the reference. Rotary positions on queries and keys. Decoding keeps
+the usual KV cache of O(cache_len * D) per layer.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -28,6 +29,7 @@ class FullAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
@@ -36,7 +38,8 @@ class FullAttention(nn.Module):
     B, N, D = x_BND.shape
     x_BND = x_BND.astype(self.dtype)
     h = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name='ln')(x_BND)
-    mha = MultiHeadAttention(self.num_heads, D, self.dtype, self.param_dtype, name='attn')
+    mha = MultiHeadAttention(self.num_heads, D, self.dtype, self.param_dtype, impl=self.impl,
+                             name='attn')
     if decode is None:
       y = mha(h, h, mask_BS=mask_BN, is_causal=self.causal, rotary=True)
       return x_BND + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)

@@ -20,6 +20,31 @@ import numpy as np
 
 Dtype = Any
 NEG_INF = -1e30  # finite "minus infinity": exp(-1e30 - max) is exactly 0.
+# Softmax-attention cores: 'blockwise' (flash.py: O(N*D) memory, causal blocks skipped),
+# 'naive' (jax.nn.dot_product_attention's XLA path: N x N scores; the reference),
+# 'cudnn' (cuDNN's fused attention on NVIDIA GPUs, float16/bfloat16 only), and 'auto':
+# cudnn where it runs (a GPU and a half-precision compute dtype), else blockwise.
+ATTENTION_IMPLS = ('auto', 'blockwise', 'naive', 'cudnn')
+
+
+def resolve_impl(impl: str, dtype) -> str:
+  """The core 'auto' stands for here: cudnn on a GPU in float16/bfloat16, else blockwise."""
+  if impl != 'auto':
+    return impl
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return 'cudnn' if jax.default_backend() == 'gpu' and half else 'blockwise'
+
+
+def attention_core(q_BTHd, k_BSHd, v_BSHd, *, impl: str, mask_BS=None,
+                   is_causal: bool = False) -> jax.Array:
+  """softmax(q k^T / sqrt(d)) v over heads [B, T, H, d], by the core `impl`."""
+  impl = resolve_impl(impl, q_BTHd.dtype)
+  if impl == 'blockwise':
+    from latent_flax.attention import flash
+    return flash.flash_attention(q_BTHd, k_BSHd, v_BSHd, causal=is_causal, key_valid_BS=mask_BS)
+  mask = None if mask_BS is None else mask_BS[:, None, None, :]
+  return jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal,
+                                      implementation='cudnn' if impl == 'cudnn' else None)
 
 
 def rotary_at(positions_T: jax.Array | np.ndarray, head_dim: int, base: float = 10_000.0):
@@ -61,6 +86,7 @@ class MultiHeadAttention(nn.Module):
   width: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  impl: str = 'naive'  # the softmax-attention core: see ATTENTION_IMPLS
 
   def setup(self):
     head_dim = self.width // self.num_heads
@@ -88,9 +114,8 @@ class MultiHeadAttention(nn.Module):
   def attend(self, q_BTHd: jax.Array, k_BSHd: jax.Array, v_BSHd: jax.Array, *,
              mask_BS: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
     """Softmax attention of projected heads, then W_O."""
-    mask = None if mask_BS is None else mask_BS[:, None, None, :]
-    o_BTHd = jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal)
-    return self.project_out(o_BTHd)
+    return self.project_out(attention_core(q_BTHd, k_BSHd, v_BSHd, impl=self.impl,
+                                           mask_BS=mask_BS, is_causal=is_causal))
 
   def __call__(self, q_in_BTD: jax.Array, kv_in_BSD: jax.Array, *,
                mask_BS: jax.Array | None = None, is_causal: bool = False,

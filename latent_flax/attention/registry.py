@@ -21,7 +21,8 @@ from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
 
 # How a report abbreviates the fields kinds read (the rest are printed by name).
-FIELD_LABELS = {'num_latents': 'M', 'chunk_size': 'C'}
+# '' leaves a field out of labels (it changes how, not what, is computed).
+FIELD_LABELS = {'num_latents': 'M', 'chunk_size': 'C', 'attention_impl': ''}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,8 @@ class AttentionKind:
 
   def label(self, cfg: Any) -> str:
     """'causal_latent M=64 C=128', 'full': how tables and plots name a model."""
-    parts = [f"{FIELD_LABELS.get(f, f)}={v}" for f, v in self.field_values(cfg).items()]
+    parts = [f"{FIELD_LABELS.get(f, f)}={v}" for f, v in self.field_values(cfg).items()
+             if FIELD_LABELS.get(f, f)]
     return ' '.join([self.name] + parts)
 
 
@@ -131,7 +133,8 @@ register(AttentionKind(
     summary='chunked causal latent block: O(N*(M+C)*D), fixed-size decoding state',
     flops=_causal_latent_flops))
 register(AttentionKind(
-    name='full', causal=True, bidirectional=True, decode='cache',
-    build=lambda cfg, causal, **common: FullAttention(causal=causal, **common),
+    name='full', causal=True, bidirectional=True, decode='cache', fields=('attention_impl',),
+    build=lambda cfg, causal, **common: FullAttention(causal=causal, impl=cfg.attention_impl,
+                                                      **common),
     summary='full softmax attention: O(N*N*D), KV cache grows with the length',
     flops=_full_flops))

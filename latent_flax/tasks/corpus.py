@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import itertools
 import os
 import sys
 import sysconfig
@@ -33,8 +34,35 @@ VALIDATION_PERCENT_STDLIB = 5
 VALIDATION_PERCENT_FILES = 10
 
 
+def _path_hash(path: str) -> int:
+  return int(hashlib.md5(path.encode('utf-8')).hexdigest(), 16)
+
+
 def _path_in_validation(path: str, percent: int) -> bool:
-  return int(hashlib.md5(path.encode('utf-8')).hexdigest(), 16) % 100 < percent
+  return _path_hash(path) % 100 < percent
+
+
+def split_files(rel_paths: list[str], percent: int) -> tuple[list[str], list[str]]:
+  """(train, validation) by path hash; neither is empty when there are two or more files
+  (the file with the lowest hash goes to validation, or the highest to train)."""
+  val = [p for p in rel_paths if _path_in_validation(p, percent)]
+  train = [p for p in rel_paths if not _path_in_validation(p, percent)]
+  if len(rel_paths) >= 2 and not val:
+    val = [min(train, key=lambda p: (_path_hash(p) % 100, p))]
+    train = [p for p in train if p not in val]
+  if len(rel_paths) >= 2 and not train:
+    train = [max(val, key=lambda p: (_path_hash(p) % 100, p))]
+    val = [p for p in val if p not in train]
+  return train, val
+
+
+def _glob_root(pattern: str) -> str:
+  """The folder a file pattern is rooted at: the pattern up to its first wildcard part."""
+  parts = pattern.split(os.sep)
+  fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+  if len(fixed) == len(parts):  # no wildcard at all: the path of a file
+    fixed = fixed[:-1]
+  return os.path.realpath(os.sep.join(fixed) or '.')
 
 
 # --------------------------------------------------------------------------- #
@@ -76,8 +104,7 @@ def stdlib_builder_class():
       del dl_manager
       root = sysconfig.get_paths()['stdlib']
       rel = [os.path.relpath(f, root) for f in stdlib_files()]
-      val = [r for r in rel if _path_in_validation(r, VALIDATION_PERCENT_STDLIB)]
-      train = [r for r in rel if not _path_in_validation(r, VALIDATION_PERCENT_STDLIB)]
+      train, val = split_files(rel, VALIDATION_PERCENT_STDLIB)
       return {'train': self._generate_examples(root, train),
               'validation': self._generate_examples(root, val)}
 
@@ -132,12 +159,15 @@ def _load_text_files(data_config, split: str) -> np.ndarray:
       data = f.read()
     cut = len(data) * (100 - VALIDATION_PERCENT_FILES) // 100
     return np.frombuffer(data[:cut] if split == 'train' else data[cut:], dtype=np.uint8)
+  # Files are named relative to the folder (or the pattern's fixed prefix), so the split
+  # does not depend on how the path is spelled ('DIR', 'DIR/', './DIR') or on renaming it.
+  root = os.path.realpath(pattern) if os.path.isdir(pattern) else _glob_root(pattern)
+  rel = {os.path.relpath(os.path.realpath(f), root): f for f in files}
+  train, val = split_files(sorted(rel), VALIDATION_PERCENT_FILES)
   docs = []
-  for name in files:
-    if _path_in_validation(os.path.relpath(name, os.path.dirname(pattern) or '.'),
-                           VALIDATION_PERCENT_FILES) == (split == 'validation'):
-      with open(name, 'rb') as f:
-        docs.append(f.read())
+  for name in (val if split == 'validation' else train):
+    with open(rel[name], 'rb') as f:
+      docs.append(f.read())
   return data_lib.join_documents(docs)
 
 
