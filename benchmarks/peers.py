@@ -146,6 +146,9 @@ def main() -> None:
   ap.add_argument('--repeats', type=int, default=3)
   ap.add_argument('--rounds', type=int, default=2)
   ap.add_argument('--timeout_s', type=float, default=600)
+  ap.add_argument('--max_n', default='full:naive=4096',
+                  help="VARIANT=N,...: longest N a variant runs (naive N x N scores would "
+                       "swap this machine to a halt long before they run out of memory)")
   ap.add_argument('--one', nargs=3, metavar=('VARIANT', 'MODE', 'N'), help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.one:
@@ -155,13 +158,17 @@ def main() -> None:
   modes, variants = args.modes.split(','), args.variants.split(',')
   lengths = [int(n) for n in args.lengths.split(',')]
   points, failed_at = {}, {}
+  for item in filter(None, args.max_n.split(',')):
+    variant, _, limit = item.rpartition('=')
+    for mode in modes:
+      failed_at[variant, mode] = int(limit) + 1
   for round_ in range(args.rounds):
     for mode in modes:
       for n in lengths:
         for variant in (variants if round_ % 2 == 0 else variants[::-1]):
           key = (variant, mode, n)
           if n >= failed_at.get((variant, mode), float('inf')):
-            points.setdefault(key, {'status': 'skipped: a shorter N already failed',
+            points.setdefault(key, {'status': 'skipped: a shorter N failed, or past --max_n',
                                     'variant': variant, 'mode': mode, 'n': n})
             continue
           rec = measure(variant, mode, n, args)
