@@ -51,10 +51,8 @@ def measure_jax(variant: str, mode: str, n: int, args) -> dict:
   common.make_oom_killable()
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from configs import base
   from latent_flax import model as model_lib
-  from latent_flax import optim, steps
   cfg = _model_config(variant, args)
   if mode == 'layer':
     layer = model_lib.make_attention(cfg, causal=True)
@@ -66,15 +64,7 @@ def measure_jax(variant: str, mode: str, n: int, args) -> dict:
   else:
     config = base.get_config()
     config.model.update(**{f: getattr(cfg, f) for f in config.model.keys()})
-    config.data.seq_len = n
-    model = model_lib.build_model(cfg)
-    schedule = optim.learning_rate_schedule(config)
-    state = jax.jit(steps.make_init_fn(model, config))(jax.random.key(0))
-    step = jax.jit(lambda s, b, r: steps.train_step(s, b, r, axis_name=None, schedule=schedule),
-                   donate_argnums=(0,))
-    tokens = np.random.default_rng(0).integers(0, 256, (1, n + 1)).astype(np.int32)
-    batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-             'weights': np.ones((1, n), np.float32)}
+    step, state, batch = common.lm_train_step(config, n)
     holder = {'state': state}
 
     def run():

@@ -50,26 +50,15 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 5, dtype: str = 'float32'
 def measure_one(kind: str, n: int, args) -> dict:
   common.make_oom_killable()
   import jax
-  import jax.numpy as jnp
-  import numpy as np
   from configs import base
   from latent_flax import model as model_lib
-  from latent_flax import optim, steps
 
   peak = matmul_peak_flops(2048 if jax.devices()[0].platform == 'cpu' else 8192, dtype=args.dtype)
   config = base.get_config()
   config.model.update(dtype=args.dtype, attention=kind, num_latents=args.num_latents, chunk_size=args.chunk,
                       emb_dim=args.width, num_heads=args.heads, mlp_dim=args.mlp,
                       num_layers=args.layers, remat=args.remat)
-  config.data.seq_len = n
-  model = model_lib.build_model(config.model)
-  schedule = optim.learning_rate_schedule(config)
-  state = jax.jit(steps.make_init_fn(model, config))(jax.random.key(0))
-  step = jax.jit(lambda s, b, r: steps.train_step(s, b, r, axis_name=None, schedule=schedule),
-                 donate_argnums=(0,))
-  tokens = np.random.default_rng(0).integers(0, 256, (1, n + 1)).astype(np.int32)
-  batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-           'weights': np.ones((1, n), np.float32)}
+  step, state, batch = common.lm_train_step(config, n)
   rng = jax.random.key(1)
   compiled = step.lower(state, batch, rng).compile()
   cost = compiled.cost_analysis()
