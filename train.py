@@ -4,10 +4,15 @@
     python train.py --config=configs/m64.py:heads=8 --config.num_train_steps=100 --workdir=...
 """
 
-from absl import flags
-from ml_collections import config_flags
+from latent_flax import hugepages
 
-from latent_flax import cli, distributed, train_lib
+if __name__ == "__main__":
+  hugepages.ensure()  # before jax is imported: glibc reads its tunables at process start
+
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from latent_flax import cli, distributed, train_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")

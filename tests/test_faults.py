@@ -10,6 +10,8 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import jax
@@ -271,3 +273,21 @@ def test_eval_prints_its_result_even_when_it_cannot_save_it(straight, children, 
   errors = [l for l in child.lines if l.startswith('eval.py:')]
   assert len(errors) == 1 and 'the result above was not saved' in errors[0], child.lines[-5:]
   assert not list(workdir.glob('*.tmp'))
+
+
+def test_a_plain_python_entry_point_gets_huge_pages(tmp_path):
+  """`python train.py` re-executes itself once with glibc's huge-page tunable (unless the
+  variable is set or LF_NO_HUGEPAGES=1), so the memory fix reaches the command users type."""
+  from latent_flax import hugepages
+  probe = tmp_path / 'probe.py'
+  probe.write_text('import os\nfrom latent_flax import hugepages\nhugepages.ensure()\n'
+                   'print(os.getpid(), os.environ.get("GLIBC_TUNABLES"))\n')
+  base_env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  base_env['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda env: subprocess.run([sys.executable, str(probe)], env=env, capture_output=True,
+                                   text=True, timeout=60).stdout.split()
+  expected = hugepages.TUNABLE if hugepages.thp_available() else 'None'
+  assert run(base_env)[1] == expected
+  assert run({**base_env, 'LF_NO_HUGEPAGES': '1'})[1] == 'None'
+  assert run({**base_env, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})[1] == (
+      'glibc.malloc.arena_max=2')
