@@ -6,8 +6,6 @@ Reads each workdir's config.json, metrics.jsonl and eval.py's eval_test_step_S.j
 (run `python eval.py --workdir=W --split=test` first for a test column).
 """
 
-import sys
-
 from absl import flags
 
 from latent_flax import cli, compare_lib

@@ -7,7 +7,6 @@ import re
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import pytest
 

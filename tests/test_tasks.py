@@ -12,7 +12,6 @@ from configs import listops_m64, mqar as mqar_config
 from latent_flax import config_lib, eval_lib, tasks, train_lib
 from latent_flax.tasks import listops, mqar
 from latent_flax import model as model_lib
-from tests.helpers import tiny_config
 
 
 # --------------------------------------------------------------------------- #

@@ -16,12 +16,9 @@ the mutable 'cache' collection; see decode.py.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from latent_flax.attention.latent import _LatentSteps
 from latent_flax.attention.primitives import (NEG_INF, attend_two_parts, combine_softmax_triples,

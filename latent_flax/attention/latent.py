@@ -13,8 +13,6 @@ Intermediate latents are sown into 'intermediates' ('compressed' = S, 'refined' 
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

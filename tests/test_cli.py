@@ -1,0 +1,66 @@
+"""The entry points as a user types them: one-line errors, huge pages for plain python."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import Child, write_config_module
+
+
+@pytest.fixture
+def children():
+  started = []
+  yield lambda *a, **k: started.append(Child(*a, **k)) or started[-1]
+  for child in started:
+    child.kill()
+
+
+def _train_argv(config_path, workdir, *extra):
+  return ['train.py', f'--config={config_path}', f'--workdir={workdir}', *extra]
+
+
+@pytest.mark.parametrize('case,args,message', [
+    ('unknown field', ['--config.model.foo=1'], r"--config.model.foo: 'foo' is not a config field"),
+    ('bad argument', ['--config=configs/m64.py:m=abc'], r"config argument m='abc' must be an integer"),
+    ('missing config', ['--config=configs/no_such_config.py'], r'No such file'),
+    ('workdir is a file', ['--workdir={file}'], r'is a file; give a directory'),
+    # (as root, a read-only directory is still writable: a path through a file stands in)
+    ('unwritable workdir', ['--workdir={unwritable}'],
+     r'cannot write to --workdir=.*; give a writable'),
+])
+def test_bad_invocations_are_one_line_exit_2(children, tmp_path, case, args, message):
+  config_path = write_config_module(tmp_path)
+  (tmp_path / 'file').write_text('x')
+  fill = dict(config=config_path, file=tmp_path / 'file', unwritable=tmp_path / 'file' / 'run')
+  argv = _train_argv(config_path, str(tmp_path / 'run'))
+  for a in args:
+    a = a.format(**fill)
+    key = a.split('=')[0]
+    argv = [x for x in argv if not (x.split('=')[0] == key and '.' not in key[2:])] + [a]
+  child = children(argv)
+  assert child.finish() == 2, (case, child.lines[-5:])
+  errors = [l for l in child.lines if l.startswith('train.py:')]
+  assert len(errors) == 1 and re.search(message, errors[0]), (case, child.lines[-5:])
+  assert not any('Traceback' in l for l in child.lines), case
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_plain_python_entry_point_gets_huge_pages(tmp_path):
+  """`python train.py` re-executes itself once with glibc's huge-page tunable (unless the
+  variable is set or LF_NO_HUGEPAGES=1), so the memory fix reaches the command users type."""
+  from latent_flax import hugepages
+  probe = tmp_path / 'probe.py'
+  probe.write_text('import os\nfrom latent_flax import hugepages\nhugepages.ensure()\n'
+                   'print(os.getpid(), os.environ.get("GLIBC_TUNABLES"))\n')
+  base_env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+  base_env['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = lambda env: subprocess.run([sys.executable, str(probe)], env=env, capture_output=True,
+                                   text=True, timeout=60).stdout.split()
+  expected = hugepages.TUNABLE if hugepages.thp_available() else 'None'
+  assert run(base_env)[1] == expected
+  assert run({**base_env, 'LF_NO_HUGEPAGES': '1'})[1] == 'None'
+  assert run({**base_env, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})[1] == (
+      'glibc.malloc.arena_max=2')
