@@ -29,3 +29,12 @@ def _shared_compilation_cache(tmp_path_factory):
   yield
   jax.config.update('jax_compilation_cache_dir', None)
   helpers.CHILD_ENV.clear()
+
+
+@pytest.fixture
+def children():
+  """Starts tests/helpers.Child processes (children(argv, ...)); kills any left at the end."""
+  started = []
+  yield lambda *a, **k: started.append(helpers.Child(*a, **k)) or started[-1]
+  for child in started:
+    child.kill()

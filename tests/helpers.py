@@ -105,3 +105,23 @@ class Child:
     if self.proc.poll() is None:
       self.proc.kill()
       self.proc.wait(timeout=30)
+
+
+def train_argv(config_path, workdir, *extra) -> list[str]:
+  """`train.py` arguments for a child process."""
+  return ['train.py', f'--config={config_path}', f'--workdir={workdir}', *extra]
+
+
+def read_metrics(workdir) -> list[dict]:
+  """A workdir's metrics.jsonl, one dict per logged step."""
+  import json
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def restored_params(workdir, config, step=None):
+  """(params as numpy, data position) of a checkpoint, through eval_lib's restore path."""
+  import jax
+  from latent_flax import eval_lib
+  restored = eval_lib.restore_checkpoint(workdir, config, step)
+  return jax.tree.map(np.asarray, restored.state.params), restored.data_state

@@ -2,7 +2,6 @@
 another model's workdir, NaN losses, the best checkpoint across resumes, reads beside a
 trainer that deletes checkpoints."""
 
-import json
 import os
 import shutil
 import signal
@@ -13,17 +12,7 @@ import pytest
 
 from latent_flax import data as data_lib
 from latent_flax import eval_lib, steps, train_lib
-from tests.helpers import tiny_config
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(l) for l in f]
-
-
-def _params(workdir, config, step=None):
-  restored = eval_lib.restore_checkpoint(workdir, config, step)
-  return jax.tree.map(np.asarray, restored.state.params), restored.data_state
+from tests.helpers import restored_params, tiny_config
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -67,7 +56,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   config = tiny_config(tmp_path, num_train_steps=3)
   train_lib.train_and_evaluate(config, workdir)
-  good, _ = _params(workdir, config, step=3)
+  good, _ = restored_params(workdir, config, step=3)
   original = steps.train_step
 
   def poisoned(state, batch, rng, **kw):
@@ -81,7 +70,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   with pytest.raises(FloatingPointError, match='last good checkpoint is step 3'):
     train_lib.train_and_evaluate(config, workdir)
   monkeypatch.undo()
-  after, _ = _params(workdir, config)
+  after, _ = restored_params(workdir, config)
   jax.tree.map(np.testing.assert_array_equal, after, good)
 
 

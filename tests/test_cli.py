@@ -7,19 +7,7 @@ import sys
 
 import pytest
 
-from tests.helpers import Child, write_config_module
-
-
-@pytest.fixture
-def children():
-  started = []
-  yield lambda *a, **k: started.append(Child(*a, **k)) or started[-1]
-  for child in started:
-    child.kill()
-
-
-def _train_argv(config_path, workdir, *extra):
-  return ['train.py', f'--config={config_path}', f'--workdir={workdir}', *extra]
+from tests.helpers import train_argv, write_config_module
 
 
 @pytest.mark.parametrize('case,args,message', [
@@ -35,7 +23,7 @@ def test_bad_invocations_are_one_line_exit_2(children, tmp_path, case, args, mes
   config_path = write_config_module(tmp_path)
   (tmp_path / 'file').write_text('x')
   fill = dict(config=config_path, file=tmp_path / 'file', unwritable=tmp_path / 'file' / 'run')
-  argv = _train_argv(config_path, str(tmp_path / 'run'))
+  argv = train_argv(config_path, str(tmp_path / 'run'))
   for a in args:
     a = a.format(**fill)
     key = a.split('=')[0]

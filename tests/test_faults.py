@@ -17,24 +17,12 @@ import numpy as np
 import pytest
 
 from latent_flax import eval_lib
-from tests.helpers import Child, write_config_module
+from tests.helpers import Child, train_argv, write_config_module
 
 STEPS = 10
 TIMING = ('steps_per_sec', 'tokens_per_sec', 'elapsed_s', 'peak_memory_mb')  # differ run to run
 OVERRIDES = dict(num_train_steps=STEPS, log_every_steps=1, checkpoint_every_steps=3,
                  eval_every_steps=5)
-
-
-@pytest.fixture
-def children():
-  started = []
-  yield lambda *a, **k: started.append(Child(*a, **k)) or started[-1]
-  for child in started:
-    child.kill()
-
-
-def _train_argv(config_path, workdir, *extra):
-  return ['train.py', f'--config={config_path}', f'--workdir={workdir}', *extra]
 
 
 def _run_to_end(children, argv, **kw) -> Child:
@@ -64,7 +52,7 @@ def straight(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('faults')
   config_path = write_config_module(tmp, **OVERRIDES)
   workdir = str(tmp / 'straight')
-  child = Child(_train_argv(config_path, workdir))
+  child = Child(train_argv(config_path, workdir))
   try:
     assert child.finish() == 0, '\n'.join(child.lines[-20:])
   finally:
@@ -80,11 +68,11 @@ def _assert_same_run(workdir, reference):
 def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(straight, children, tmp_path):
   config_path, reference = straight
   workdir = str(tmp_path / 'killed')
-  child = children(_train_argv(config_path, workdir))
+  child = children(train_argv(config_path, workdir))
   child.wait_for(r'^step +7/')
   child.proc.send_signal(signal.SIGKILL)
   assert child.proc.wait(timeout=30) == -signal.SIGKILL
-  resumed = _run_to_end(children, _train_argv(config_path, workdir))
+  resumed = _run_to_end(children, train_argv(config_path, workdir))
   assert any(re.match(r'Resuming from checkpoint step [36] ', l) for l in resumed.lines)
   _assert_same_run(workdir, reference)
 
@@ -93,7 +81,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(straight, chi
 def test_sigterm_or_sigint_saves_says_where_and_exits_0(straight, children, tmp_path, sig):
   config_path, reference = straight
   workdir = str(tmp_path / 'stopped')
-  child = children(_train_argv(config_path, workdir))
+  child = children(train_argv(config_path, workdir))
   child.wait_for(r'^step +4/')
   child.proc.send_signal(sig)
   line = child.wait_for(r'^Received SIG')
@@ -102,7 +90,7 @@ def test_sigterm_or_sigint_saves_says_where_and_exits_0(straight, children, tmp_
   assert sig.name in line and 4 <= saved < STEPS
   assert str(saved) in _checkpoint_dirs(workdir)
   if sig == signal.SIGTERM:  # the next start resumes there and ends as if never stopped
-    resumed = _run_to_end(children, _train_argv(config_path, workdir))
+    resumed = _run_to_end(children, train_argv(config_path, workdir))
     assert f'Resuming from checkpoint step {saved} ' in '\n'.join(resumed.lines)
     _assert_same_run(workdir, reference)
 
@@ -112,7 +100,7 @@ def test_sigkill_during_an_async_checkpoint_write_falls_back_to_the_previous(
   config_path, reference = straight
   workdir = str(tmp_path / 'torn')
   marker = tmp_path / 'hanging'
-  child = children(['-m', 'tests.hang_checkpoint'] + _train_argv(config_path, workdir)[1:],
+  child = children(['-m', 'tests.hang_checkpoint'] + train_argv(config_path, workdir)[1:],
                    extra_env={'LF_HANG_STEP': '6', 'LF_HANG_MARKER': str(marker)})
   deadline = time.time() + 240
   while not marker.exists() and child.proc.poll() is None and time.time() < deadline:
@@ -124,7 +112,7 @@ def test_sigkill_during_an_async_checkpoint_write_falls_back_to_the_previous(
   assert '3' in on_disk and '6' not in on_disk
   assert any(d.startswith('6.orbax-checkpoint-tmp') for d in on_disk), on_disk  # half-written
 
-  resumed = _run_to_end(children, _train_argv(config_path, workdir))
+  resumed = _run_to_end(children, train_argv(config_path, workdir))
   assert 'Resuming from checkpoint step 3 ' in '\n'.join(resumed.lines)
   assert not [d for d in _checkpoint_dirs(workdir) if 'tmp' in d]  # cleaned up, no manual step
   _assert_same_run(workdir, reference)
@@ -141,7 +129,7 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   config_path, reference = straight
   workdir = str(tmp_path / 'two')
   address = f'localhost:{_free_port()}'
-  procs = [children(_train_argv(config_path, workdir, f'--coordinator_address={address}',
+  procs = [children(train_argv(config_path, workdir, f'--coordinator_address={address}',
                                 '--num_processes=2', f'--process_id={i}'), devices=2)
            for i in range(2)]
   for p in procs:
@@ -157,7 +145,7 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3),
                _params(workdir), _params(reference))
 
-  more = _run_to_end(children, _train_argv(config_path, workdir, f'--config.num_train_steps={STEPS + 2}'))
+  more = _run_to_end(children, train_argv(config_path, workdir, f'--config.num_train_steps={STEPS + 2}'))
   assert f'Resuming from checkpoint step {STEPS} ' in '\n'.join(more.lines)
   assert str(STEPS + 2) in _checkpoint_dirs(workdir)
 
@@ -167,7 +155,7 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   shutil.copytree(workdir, reference_two)
   stopped = str(tmp_path / 'two_stopped')
   address = f'localhost:{_free_port()}'
-  argv = lambda i, a: _train_argv(config_path, stopped, f'--coordinator_address={a}',
+  argv = lambda i, a: train_argv(config_path, stopped, f'--coordinator_address={a}',
                                   '--num_processes=2', f'--process_id={i}')
   procs = [children(argv(i, address), devices=2) for i in range(2)]
   procs[0].wait_for(r'^step +4/')
@@ -220,7 +208,7 @@ def test_a_workdir_has_one_trainer_and_a_killed_one_leaves_no_stale_lock(
   config_before = open(os.path.join(workdir, 'config.json')).read()
   holder = children(['-c', _HOLD_LOCK, workdir])  # stands in for a running trainer
   holder.wait_for('^held$')
-  second = children(_train_argv(config_path, workdir, '--config.learning_rate=0.5',
+  second = children(train_argv(config_path, workdir, '--config.learning_rate=0.5',
                                 f'--config.num_train_steps={STEPS + 2}'))
   assert second.finish() == 2
   errors = [l for l in second.lines if l.startswith('train.py:')]
@@ -229,7 +217,7 @@ def test_a_workdir_has_one_trainer_and_a_killed_one_leaves_no_stale_lock(
   assert open(os.path.join(workdir, 'config.json')).read() == config_before  # not rewritten
   holder.proc.send_signal(signal.SIGKILL)
   holder.proc.wait(timeout=30)
-  resumed = _run_to_end(children, _train_argv(config_path, workdir,
+  resumed = _run_to_end(children, train_argv(config_path, workdir,
                                               f'--config.num_train_steps={STEPS + 2}'))
   assert f'Resuming from checkpoint step {STEPS} ' in '\n'.join(resumed.lines)
 

@@ -1,6 +1,5 @@
 """End to end on 4 fake CPU devices: train, checkpoint, resume, evaluate, fail clearly."""
 
-import json
 import os
 import signal
 
@@ -12,17 +11,7 @@ import pytest
 from latent_flax import data as data_lib
 from latent_flax import decode, eval_lib, train_lib
 from latent_flax import model as model_lib
-from tests.helpers import tiny_config
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(l) for l in f]
-
-
-def _params(workdir, config, step=None):
-  restored = eval_lib.restore_checkpoint(workdir, config, step)
-  return jax.tree.map(np.asarray, restored.state.params), restored.data_state
+from tests.helpers import read_metrics, restored_params, tiny_config
 
 
 def test_four_devices_are_used():
@@ -52,16 +41,16 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
 
   resumed = train_lib.train_and_evaluate(config, workdir)  # resumes from step 5
   assert resumed['step'] == 9
-  steps = [m['step'] for m in _metrics(workdir)]
+  steps = [m['step'] for m in read_metrics(workdir)]
   assert steps == [2, 3, 4, 5, 6, 8, 9]
   # Resumed run equals an uninterrupted one (same data order, same params).
   straight_dir = str(tmp_path / 'straight')
   train_lib.train_and_evaluate(config, straight_dir)
-  a, data_a = _params(workdir, config)
-  b, data_b = _params(straight_dir, config)
+  a, data_a = restored_params(workdir, config)
+  b, data_b = restored_params(straight_dir, config)
   assert data_a['position'] == data_b['position'] == 9
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a, b)
-  logged = lambda d: {m['step']: m['train_loss'] for m in _metrics(d) if 'train_loss' in m}
+  logged = lambda d: {m['step']: m['train_loss'] for m in read_metrics(d) if 'train_loss' in m}
   # Logged losses are means over the steps since the previous log that this process
   # ran: the first log after the resume (step 6) covers step 6 only, the straight
   # run's covers steps 5 and 6. Every other window is the same.
@@ -79,7 +68,7 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   sample = decode.sample_from_checkpoint(workdir, 'alpha beta', 7, decode.Sampling(0.0),
                                          num_samples=2)
   model = model_lib.build_model(config.model)
-  params, _ = _params(workdir, config)
+  params, _ = restored_params(workdir, config)
   prompt = jnp.asarray([data_lib.encode('alpha beta')] * 2, jnp.int32)
   expected = decode.generate(model, params, prompt, 7, jax.random.key(0), decode.Sampling(0.0))
   np.testing.assert_array_equal(sample['tokens'], expected)
@@ -90,7 +79,7 @@ def test_loss_falls_on_a_learnable_corpus(tmp_path):
   config = tiny_config(tmp_path, num_train_steps=40, log_every_steps=5, eval_every_steps=40,
                        checkpoint_every_steps=40, warmup_steps=5)
   train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
-  losses = [m['train_loss'] for m in _metrics(str(tmp_path / 'run')) if 'train_loss' in m]
+  losses = [m['train_loss'] for m in read_metrics(str(tmp_path / 'run')) if 'train_loss' in m]
   assert losses[0] > 4.0 and losses[-1] < 0.6 * losses[0], losses
 
 
@@ -101,9 +90,9 @@ def test_pmap_and_jit_give_the_same_params(tmp_path):
                          log_every_steps=every, eval_every_steps=4)
     workdir = str(tmp_path / f'{kind}{every}')
     train_lib.train_and_evaluate(config, workdir)
-    runs[kind, every] = _params(workdir, config)[0]
-    losses[kind, every] = [m['train_loss'] for m in _metrics(workdir)]
-    assert {m['global_batch'] for m in _metrics(workdir)} == {4 * config.per_device_batch_size}
+    runs[kind, every] = restored_params(workdir, config)[0]
+    losses[kind, every] = [m['train_loss'] for m in read_metrics(workdir)]
+    assert {m['global_batch'] for m in read_metrics(workdir)} == {4 * config.per_device_batch_size}
   assert losses['pmap', 1] == pytest.approx(losses['jit', 1], rel=1e-5)
   # Logging every 2 steps records the mean of the two steps' losses.
   every_step = losses['pmap', 1]
