@@ -1,6 +1,12 @@
-"""Full causal attention at the same width and depth as the latent configs: the baseline.
+"""Full causal attention at the width, depth and parameter count of configs/m64.py.
 
     python train.py --config=configs/full.py --workdir=/tmp/lf_full
+
+Parameters matched to m64.py by widening the MLP: the latent block holds 141,312 more
+parameters per layer than full attention (latents, and the compress, refine and expand
+projections), and mlp_dim 1,062 instead of 512 adds 141,350 (257 per unit of width):
+1,424,536 parameters against m64's 1,424,384 (+0.01%). `configs/full.py:mlp=512` is the
+same model at m64's MLP width instead.
 """
 
 from configs import base
@@ -9,4 +15,5 @@ from configs import base
 def get_config(arg=None):
   config = base.get_config()
   config.model.attention = 'full'   # softmax attention; blockwise (flash-style) core by default
+  config.model.mlp_dim = 1062       # parameters matched to m64.py (see above)
   return base.apply_arg(config, arg)

@@ -117,6 +117,17 @@ def state_bytes(cache) -> int:
   return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(cache)))
 
 
+def state_footprint(model: model_lib.LanguageModel) -> tuple[float, int]:
+  """(bytes per token of context, bytes that do not grow) of one sequence's decoding state,
+  all layers, from the state's shapes (nothing is computed)."""
+  tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), tokens)['params']
+  short, long = (state_bytes(jax.eval_shape(lambda p: prefill(model, p, tokens, n), params)[1])
+                 for n in (64, 128))
+  per_token = (long - short) / 64
+  return per_token, int(short - 64 * per_token)
+
+
 def sample_from_checkpoint(workdir: str, prompt: str, max_new_tokens: int,
                            sampling: Sampling = Sampling(), *, seed: int = 0, num_samples: int = 1,
                            step: int | None = None,

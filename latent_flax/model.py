@@ -51,6 +51,13 @@ class ModelConfig:
   attention_impl: str = 'auto'      # full attention's softmax core: 'auto', 'blockwise'
                                     # (flash-style, O(N*D) memory), 'naive' (N x N, the
                                     # reference) or 'cudnn' (GPU, bfloat16/float16)
+  kv_lora_rank: int = 64            # d_c: width of MLA's cached key-value latent (mla)
+  q_lora_rank: int = 0              # d_c': width of MLA's query latent; 0 = none (mla)
+  rope_head_dim: int = 16           # d_R: MLA's rotary query/key width per head (mla)
+  head_dim: int = 32                # d_h: MLA's non-rotary query/key width per head (mla)
+  v_head_dim: int = 32              # d_v: MLA's value width per head (mla)
+  mla_decode: str = 'absorbed'      # MLA decode steps: 'absorbed' (against the compressed
+                                    # cache) or 'naive' (rebuild keys and values; reference)
   emb_dim: int = 128                # D: model width
   mlp_dim: int = 512                # hidden width of the MLP
   num_layers: int = 4               # number of blocks
@@ -119,6 +126,8 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
        f"{list(INPUT_POSITIONS)}.")
   need(cfg.pooling in POOLINGS,
        f"config.model.pooling={cfg.pooling!r} is unknown; use one of {list(POOLINGS)}.")
+  if kind.validate is not None:
+    kind.validate(cfg)
   if task == 'lm':
     need(cfg.pooling == 'mean',
          f"config.model.pooling={cfg.pooling!r} is for classification; a language model "

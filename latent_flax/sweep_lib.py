@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from latent_flax import compare_lib, config_lib, io_utils
+from latent_flax import compare_lib, config_lib, decode, io_utils
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
 from latent_flax.tasks import registry as task_registry
@@ -214,15 +214,25 @@ def _run_forwarding_signals(argv: list[str], env) -> int:
 # Report.
 # --------------------------------------------------------------------------- #
 
-COLUMNS = ('run', 'attention', 'num_latents', 'num_heads', 'chunk_size', 'steps', 'seed', 'line',
-           'num_params', 'eval_bits_per_byte', 'eval_accuracy', 'tokens_per_sec',
-           'peak_memory_mb', 'wall_s')
+COLUMNS = ('run', 'attention', 'variant', 'num_latents', 'num_heads', 'chunk_size', 'steps',
+           'seed', 'line', 'num_params', 'eval_bits_per_byte', 'eval_accuracy', 'tokens_per_sec',
+           'peak_memory_mb', 'wall_s', 'cache_bytes_per_token', 'state_bytes')
+# Fields with columns of their own; a kind's other fields name its variant ('mla d_c=32 ...').
+_OWN_COLUMNS = ('num_latents', 'chunk_size')
 
 
 def _num_params(config: ml_collections.ConfigDict) -> int:
   model = config_lib.build_model(config)
   shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8), 'int32'))
   return model_lib.count_params(shapes['params'])
+
+
+def _decoding_footprint(config: ml_collections.ConfigDict, task) -> dict:
+  """Bytes of the decoding state of one sequence: what grows per token, and the rest."""
+  if task.kind != 'lm' or not attention_registry.get(config.model.attention).decode:
+    return dict(cache_bytes_per_token='', state_bytes='')
+  per_token, fixed = decode.state_footprint(config_lib.build_model(config))
+  return dict(cache_bytes_per_token=per_token, state_bytes=fixed)
 
 
 def _lookup(config: ml_collections.ConfigDict, dotted: str):
@@ -264,13 +274,14 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
     fields = kind.field_values(config.model)
     row = dict(
         run=name, attention=config.model.attention, label=kind.label(config.model),
+        variant=kind.label(config.model, without=_OWN_COLUMNS),
         has_latents=kind.has_latents,
         num_latents=fields.get('num_latents', ''), num_heads=config.model.num_heads,
         chunk_size=fields.get('chunk_size', ''),
         line_name=task.extras_line_name if by_result else lines.split('.')[-1],
         title_suffix=task.eval_extras[lines][1] if by_result else '',
         steps=config.num_train_steps, seed=config.seed, line=_lookup(config, lines),
-        num_params=_num_params(config),
+        num_params=_num_params(config), **_decoding_footprint(config, task),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
         **compare_lib.run_costs(metrics),
         done=is_done(run), step=metrics[-1]['step'],
@@ -299,7 +310,7 @@ def over_seeds(rows: list[dict], metric: str) -> list[dict]:
   """Rows that differ only in seed, merged: best, median and every seed's value."""
   groups = {}
   for r in rows:
-    key = tuple(r[k] for k in ('attention', 'num_latents', 'num_heads', 'chunk_size', 'steps',
+    key = tuple(r[k] for k in ('variant', 'num_latents', 'num_heads', 'chunk_size', 'steps',
                                'line'))
     groups.setdefault(key, []).append(r)
   merged = []
@@ -328,20 +339,25 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
     w.writeheader()
     w.writerows(rows)
   extra = lines_key != 'model.num_heads'
+  lm = any(r['cache_bytes_per_token'] != '' for r in rows)
   seeded = len({r['seed'] for r in rows}) > 1
   head = ['attention', 'M', 'heads', 'chunk', 'steps'] + (['seed'] if seeded else []) + (
       [line_name] if extra else []) + [
       'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
-      'tokens/s', 'peak memory (MiB)', 'wall (s)']
+      'tokens/s', 'peak memory (MiB)', 'wall (s)'] + (
+      ['decoding cache (B/token)', 'fixed state (KiB)'] if lm else [])
   lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     unfinished = '' if r['done'] else f" (unfinished, step {r['step']})"
-    cells = [f"{r['attention']}{unfinished}", r['num_latents'], r['num_heads'], r['chunk_size'],
+    cells = [f"{r['variant']}{unfinished}", r['num_latents'], r['num_heads'], r['chunk_size'],
              f"{r['steps']:,}"]
     cells += [r['seed']] if seeded else []
     cells += [r['line']] if extra else []
     cells += [f"{r['num_params']:,}", f"{r[metric]:.4f}", f"{r['tokens_per_sec']:,.0f}",
               f"{r['peak_memory_mb']:,.0f}", f"{r['wall_s']:.0f}"]
+    if lm:
+      cells += ['', ''] if r['state_bytes'] == '' else [
+          f"{r['cache_bytes_per_token']:,.0f}", f"{r['state_bytes'] / 1024:,.1f}"]
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   if seeded:
     best = 'lowest' if metric == 'eval_bits_per_byte' else 'highest'
@@ -350,7 +366,7 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
               '|---|---|---|---|---|---|---|---|']
     for g in over_seeds(rows, metric):
       each = ', '.join(f"{v:.4f} (seed {s})" for s, v in zip(g['seeds'], g['values']))
-      lines.append(f"| {g['attention']} | {g['num_latents']} | {g['chunk_size']} | "
+      lines.append(f"| {g['variant']} | {g['num_latents']} | {g['chunk_size']} | "
                    f"{g['steps']:,} | {g['line']} | {g['best']:.4f} | {g['median']:.4f} | "
                    f"{each} |")
   lines += ['', f'![{METRICS[metric]} vs M]({os.path.basename(paths[2])})', '',

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from latent_flax import attention
+from latent_flax.attention import registry
 
 B, D, H, M, C = 2, 32, 4, 8, 8
 
@@ -94,7 +95,7 @@ def test_causal_block_perturbation_is_bit_exact(p):
   assert np.abs(np.asarray(y2[:, p] - y[:, p])).max() > 1e-3  # position p itself does see p
 
 
-@pytest.mark.parametrize('kind', ['causal_latent', 'full'])
+@pytest.mark.parametrize('kind', registry.names(causal=True))
 def test_causal_gradient_to_the_future_is_exactly_zero(kind):
   from latent_flax import model as model_lib
   cfg = model_lib.ModelConfig(attention=kind, num_latents=4, num_heads=2, chunk_size=4,

@@ -8,10 +8,11 @@ import pytest
 from latent_flax import attention
 from latent_flax import decode
 from latent_flax import model as model_lib
+from latent_flax.attention import registry
 
 C = 4  # chunk size: a 19-token sequence crosses four chunk boundaries
 N = 19
-KINDS = ('causal_latent', 'full')
+KINDS = [k for k in registry.names(causal=True) if registry.get(k).decode]
 
 
 def _model(kind, dtype='float32'):

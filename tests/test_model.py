@@ -7,6 +7,7 @@ import pytest
 
 from configs import base
 from latent_flax import model as model_lib
+from latent_flax.attention import registry
 
 
 def _cfg(**kw):
@@ -20,7 +21,7 @@ def _tokens(n=29, seed=0):
   return jax.random.randint(jax.random.key(seed), (2, n), 0, 256, jnp.int32)
 
 
-@pytest.mark.parametrize('kind', ['causal_latent', 'full'])
+@pytest.mark.parametrize('kind', registry.names(causal=True))
 def test_lm_is_causal_bit_exact(kind):
   model = model_lib.build_model(_cfg(attention=kind))
   tokens = _tokens()

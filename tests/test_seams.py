@@ -66,13 +66,18 @@ def test_a_kind_registered_in_a_test_trains_evaluates_and_is_reported(tmp_path,
 
 
 def test_registry_answers_and_refuses_in_one_line():
-  assert registry.names(causal=True) == ['causal_latent', 'full']
-  assert registry.names(bidirectional=True) == ['latent', 'full']
+  assert registry.names(causal=True) == ['causal_latent', 'full', 'mla']
+  assert registry.names(bidirectional=True) == ['latent', 'full', 'mla']
   causal = registry.get('causal_latent')
   assert causal.has_latents and causal.decode == 'state' and causal.function_fields == (
       'chunk_size',)
   assert causal.label({'num_latents': 64, 'chunk_size': 128}) == 'causal_latent M=64 C=128'
   assert not registry.get('full').has_latents and registry.get('full').decode == 'cache'
+  mla = registry.get('mla')
+  assert not mla.has_latents and mla.decode == 'cache' and 'kv_lora_rank' in mla.shape_fields
+  assert mla.label({'kv_lora_rank': 32, 'q_lora_rank': 0, 'rope_head_dim': 16, 'head_dim': 32,
+                    'v_head_dim': 32, 'attention_impl': 'auto', 'mla_decode': 'naive'}) == (
+      "mla d_c=32 d_c'=0 d_R=16 d_h=32 d_v=32")
   with pytest.raises(ValueError, match=r"attention='nope' is unknown; use one of \["):
     registry.get('nope')
   with pytest.raises(ValueError, match='already registered'):

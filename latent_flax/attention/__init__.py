@@ -3,6 +3,8 @@
   latent.py         LatentAttention: bidirectional three-step latent block.
   causal_latent.py  CausalLatentAttention: the chunked causal variant (language models).
   full.py           FullAttention: softmax attention over all tokens, the baseline.
+  mla.py            MultiHeadLatentAttention: DeepSeek-V2's MLA (compressed KV cache).
+  flash.py          the blockwise (flash-style) softmax core of full attention and MLA.
   primitives.py     rotary positions, projections, online-softmax algebra.
   registry.py       the kinds by name and what each answers (causal, latents, fields...).
 
@@ -15,6 +17,7 @@ from latent_flax.attention.causal_latent import (CausalLatentAttention, chunk_so
                                                  expand_attention)
 from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
+from latent_flax.attention.mla import MultiHeadLatentAttention
 from latent_flax.attention.primitives import (NEG_INF, MultiHeadAttention, attend_two_parts,
                                               combine_softmax_triples, finish_softmax,
                                               rotary_at, rotary_table, rotate)

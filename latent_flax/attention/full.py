@@ -69,4 +69,6 @@ class FullAttention(nn.Module):
     self.put_variable('cache', 'value', cache_v)
     self.put_variable('cache', 'index', pos + 1)
     seen_BS = jnp.broadcast_to(jnp.arange(cache_k.shape[1]) <= pos, (B, cache_k.shape[1]))
-    return x_BND + mha.attend(q_BNHd, cache_k, cache_v, mask_BS=seen_BS)
+    # One query row: there is no N x N array to avoid, and XLA's single pass over the cache
+    # is faster than the blockwise loop over key blocks (timed on CPU at 4k and 64k tokens).
+    return x_BND + mha.attend(q_BNHd, cache_k, cache_v, mask_BS=seen_BS, impl='naive')

@@ -37,14 +37,22 @@ def resolve_impl(impl: str, dtype) -> str:
 
 def attention_core(q_BTHd, k_BSHd, v_BSHd, *, impl: str, mask_BS=None,
                    is_causal: bool = False) -> jax.Array:
-  """softmax(q k^T / sqrt(d)) v over heads [B, T, H, d], by the core `impl`."""
+  """softmax(q k^T / sqrt(d)) v over heads [B, T, H, d] (values may have another width
+  d_v: the output is [B, T, H, d_v]), by the core `impl`."""
   impl = resolve_impl(impl, q_BTHd.dtype)
   if impl == 'blockwise':
     from latent_flax.attention import flash
     return flash.flash_attention(q_BTHd, k_BSHd, v_BSHd, causal=is_causal, key_valid_BS=mask_BS)
   mask = None if mask_BS is None else mask_BS[:, None, None, :]
-  return jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal,
-                                      implementation='cudnn' if impl == 'cudnn' else None)
+  d, dv = q_BTHd.shape[-1], v_BSHd.shape[-1]
+  if d != dv:  # jax.nn.dot_product_attention wants one head width: zero-pad to the larger
+    width = max(d, dv)
+    pad = lambda x: jnp.pad(x, [(0, 0)] * 3 + [(0, width - x.shape[-1])])
+    q_BTHd, k_BSHd, v_BSHd = pad(q_BTHd), pad(k_BSHd), pad(v_BSHd)
+  o = jax.nn.dot_product_attention(q_BTHd, k_BSHd, v_BSHd, mask=mask, is_causal=is_causal,
+                                   scale=d ** -0.5,
+                                   implementation='cudnn' if impl == 'cudnn' else None)
+  return o[..., :dv]
 
 
 def rotary_at(positions_T: jax.Array | np.ndarray, head_dim: int, base: float = 10_000.0):
@@ -112,9 +120,10 @@ class MultiHeadAttention(nn.Module):
     return rotate(x_BTHd, sin[None, :, None], cos[None, :, None]).astype(self.dtype)
 
   def attend(self, q_BTHd: jax.Array, k_BSHd: jax.Array, v_BSHd: jax.Array, *,
-             mask_BS: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
-    """Softmax attention of projected heads, then W_O."""
-    return self.project_out(attention_core(q_BTHd, k_BSHd, v_BSHd, impl=self.impl,
+             mask_BS: jax.Array | None = None, is_causal: bool = False,
+             impl: str | None = None) -> jax.Array:
+    """Softmax attention of projected heads (by the core `impl`, default self.impl), then W_O."""
+    return self.project_out(attention_core(q_BTHd, k_BSHd, v_BSHd, impl=impl or self.impl,
                                            mask_BS=mask_BS, is_causal=is_causal))
 
   def __call__(self, q_in_BTD: jax.Array, kv_in_BSD: jax.Array, *,

@@ -19,10 +19,13 @@ import flax.linen as nn
 from latent_flax.attention.causal_latent import CausalLatentAttention
 from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
+from latent_flax.attention.mla import DECODE_PATHS, MultiHeadLatentAttention
 
 # How a report abbreviates the fields kinds read (the rest are printed by name).
 # '' leaves a field out of labels (it changes how, not what, is computed).
-FIELD_LABELS = {'num_latents': 'M', 'chunk_size': 'C', 'attention_impl': ''}
+FIELD_LABELS = {'num_latents': 'M', 'chunk_size': 'C', 'attention_impl': '', 'mla_decode': '',
+                'kv_lora_rank': 'd_c', 'q_lora_rank': "d_c'", 'rope_head_dim': 'd_R',
+                'head_dim': 'd_h', 'v_head_dim': 'd_v'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +43,16 @@ class AttentionKind:
   fields: tuple[str, ...] = ()           # config.model fields read besides the shared ones
   function_fields: tuple[str, ...] = ()  # of those, fields that change what the same
                                          # parameters compute (a resumed run must keep them)
+  shape_fields: tuple[str, ...] = ()     # of those, fields that change the parameters' shapes
+                                         # (besides model.SHAPE_FIELDS)
   decode: str | None = None  # 'state': fixed-size decoding state; 'cache': grows with the
                              # length (cache_len); None: cannot decode
   summary: str = ''          # one line for --help texts and the README table
   # Matmul FLOPs of one layer's forward pass over n tokens (2 per multiply-add), for
   # model-FLOP utilisation in benchmarks: flops(cfg, n) with cfg a ModelConfig.
   flops: Callable[[Any, int], float] | None = None
+  # validate(cfg) raises ValueError with one line if the kind's own fields are bad.
+  validate: Callable[[Any], None] | None = None
 
   @property
   def has_latents(self) -> bool:
@@ -56,10 +63,11 @@ class AttentionKind:
     get = cfg.get if hasattr(cfg, 'get') else lambda k: getattr(cfg, k)
     return {f: get(f) for f in self.fields}
 
-  def label(self, cfg: Any) -> str:
-    """'causal_latent M=64 C=128', 'full': how tables and plots name a model."""
+  def label(self, cfg: Any, without: tuple[str, ...] = ()) -> str:
+    """'causal_latent M=64 C=128', 'full': how tables and plots name a model (leaving out
+    the fields `without`, which a table may show in columns of their own)."""
     parts = [f"{FIELD_LABELS.get(f, f)}={v}" for f, v in self.field_values(cfg).items()
-             if FIELD_LABELS.get(f, f)]
+             if FIELD_LABELS.get(f, f) and f not in without]
     return ' '.join([self.name] + parts)
 
 
@@ -115,6 +123,32 @@ def _causal_latent_flops(cfg, n: int) -> float:
           + 2 * 2 * n * (m + c / 2) * d)  # expand: scores and values
 
 
+def _mla_flops(cfg, n: int) -> float:
+  d, h, dc, dq = cfg.emb_dim, cfg.num_heads, cfg.kv_lora_rank, cfg.q_lora_rank
+  dqk = cfg.head_dim + cfg.rope_head_dim
+  query = d * dq + dq * h * dqk if dq else d * h * dqk
+  per_token = (query + d * (dc + cfg.rope_head_dim)         # W_Q (or W_DQ, W_UQ); W_DKV, W_KR
+               + dc * h * (cfg.head_dim + cfg.v_head_dim)   # W_UK, W_UV
+               + h * cfg.v_head_dim * d)                    # W_O
+  return 2 * n * per_token + 2 * n * (n / 2) * h * (dqk + cfg.v_head_dim)  # causal attention
+
+
+def _validate_mla(cfg) -> None:
+  for name in ('kv_lora_rank', 'rope_head_dim', 'head_dim', 'v_head_dim'):
+    value = getattr(cfg, name)
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+      raise ValueError(f"config.model.{name}={value!r} must be an integer >= 1.")
+  if not (isinstance(cfg.q_lora_rank, int) and cfg.q_lora_rank >= 0):
+    raise ValueError(f"config.model.q_lora_rank={cfg.q_lora_rank!r} must be an integer >= 0 "
+                     "(0 = no query compression).")
+  if cfg.rope_head_dim % 2:
+    raise ValueError(f"config.model.rope_head_dim={cfg.rope_head_dim} must be even (rotary "
+                     "embeddings rotate pairs of channels).")
+  if cfg.mla_decode not in DECODE_PATHS:
+    raise ValueError(f"config.model.mla_decode={cfg.mla_decode!r} is unknown; use one of "
+                     f"{list(DECODE_PATHS)}.")
+
+
 def _full_flops(cfg, n: int) -> float:
   d = cfg.emb_dim
   return 2 * n * 4 * d * d + 2 * 2 * n * (n / 2) * d  # projections; causal scores and values
@@ -138,3 +172,15 @@ register(AttentionKind(
                                                       **common),
     summary='full softmax attention: O(N*N*D), KV cache grows with the length',
     flops=_full_flops))
+register(AttentionKind(
+    name='mla', causal=True, bidirectional=True, decode='cache',
+    fields=('kv_lora_rank', 'q_lora_rank', 'rope_head_dim', 'head_dim', 'v_head_dim',
+            'attention_impl', 'mla_decode'),
+    shape_fields=('kv_lora_rank', 'q_lora_rank', 'rope_head_dim', 'head_dim', 'v_head_dim'),
+    build=lambda cfg, causal, **common: MultiHeadLatentAttention(
+        kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank,
+        rope_head_dim=cfg.rope_head_dim, head_dim=cfg.head_dim, v_head_dim=cfg.v_head_dim,
+        causal=causal, impl=cfg.attention_impl, absorb=cfg.mla_decode == 'absorbed', **common),
+    summary=("DeepSeek's multi-head latent attention: full attention, O(N*N), on keys and "
+             "values rebuilt from a d_c-wide latent; caches d_c + d_R numbers per token"),
+    flops=_mla_flops, validate=_validate_mla))
