@@ -67,6 +67,40 @@ def decode_step(model: model_lib.LanguageModel, params, cache, token_B: jax.Arra
   return logits_B1V[:, 0], variables['cache']
 
 
+@functools.partial(jax.jit, static_argnames=('model',), donate_argnames=('cache',))
+def extend(model: model_lib.LanguageModel, params, cache, tokens_BS: jax.Array):
+  """Feeds S more tokens per sequence in parallel after those the state holds: (logits
+  [B, S, V], updated state), equal to feeding them one by one (a long text in segments)."""
+  logits_BSV, variables = model.apply({'params': params, 'cache': cache}, tokens_BS,
+                                      decode='extend', mutable=['cache'])
+  return logits_BSV, variables['cache']
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
+def _prefill_all(model, params, tokens_BS, cache_len: int):
+  logits_BSV, variables = model.apply({'params': params}, tokens_BS, decode='prefill',
+                                      cache_len=cache_len, mutable=['cache'])
+  return logits_BSV, variables['cache']
+
+
+def stream(model: model_lib.LanguageModel, params, tokens_BN, segment: int):
+  """Logits of every position of tokens_BN, computed `segment` tokens at a time, each
+  segment starting from the state the previous one left; yields (start, logits [B, S, V]).
+
+  Equals one parallel pass over the whole sequence (tests/test_decode.py), in the memory
+  of one segment plus the decoding state: fixed for causal_latent, a KV cache of the
+  whole length for kinds that cache.
+  """
+  n = tokens_BN.shape[1]
+  if segment < 1:
+    raise ValueError(f"segment={segment} must be >= 1 token.")
+  logits_BSV, cache = _prefill_all(model, params, tokens_BN[:, :segment], n)
+  yield 0, logits_BSV
+  for start in range(segment, n, segment):
+    logits_BSV, cache = extend(model, params, cache, tokens_BN[:, start:start + segment])
+    yield start, logits_BSV
+
+
 def filter_logits(logits_BV: jax.Array, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Sets to -inf every logit outside the top-k and outside the top-p nucleus."""
   if top_k:

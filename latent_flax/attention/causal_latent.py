@@ -84,8 +84,10 @@ class CausalLatentAttention(_LatentSteps):
       if N != 1:
         raise ValueError(f"decode='step' takes one token at a time, got {N}.")
       return self._decode_step(st, x_BND)
+    if decode == 'extend':
+      return self._extend(st, x_BND)
     if decode not in (None, 'prefill'):
-      raise ValueError(f"decode={decode!r}: use None, 'prefill' or 'step'.")
+      raise ValueError(f"decode={decode!r}: use None, 'prefill', 'step' or 'extend'.")
     x_BKCD = jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0))).reshape(B, K, C, D)
     valid_BKC = None
     if mask_BN is not None or pad:
@@ -137,6 +139,80 @@ class CausalLatentAttention(_LatentSteps):
           chunk_kv=(jnp.where(in_chunk_C[:, None], k_rot_BHCd, 0.0),
                     jnp.where(in_chunk_C[:, None], v_loc_BKHCd[:, -1], 0)))
     return x_BND + st['drop'](y_BND, deterministic=deterministic)
+
+  @nn.nowrap
+  def _extend(self, st: dict, x_BSD: jax.Array) -> jax.Array:
+    """S more tokens in parallel after the `index` already folded into the state, which
+    may end inside a chunk: the outputs and the state of feeding them one by one.
+
+    The tokens are laid out from the start of the current chunk, at offset j = index % C
+    in a buffer of whole chunks (static shape; j may be traced). Chunk 0 of the buffer
+    is the current chunk: its first j slots hold the state's keys and values, its
+    summary is the state's; every prefix triple is the state's triple combined with
+    the scan over the new tokens.
+    """
+    B, S, D = x_BSD.shape
+    C, M, H = self.chunk_size, self.num_latents, self.num_heads
+    K = -(-(S + C) // C)  # j + S < S + C slots, in whole chunks
+    pos, q_HMd = self._read_state('index', 'compress_q')
+    j = pos % C
+    slots_T = jnp.arange(K * C)
+    new_T = (slots_T >= j) & (slots_T < j + S)
+    x_BKCD = jax.lax.dynamic_update_slice_in_dim(
+        jnp.zeros((B, K * C, D), x_BSD.dtype), x_BSD, j, axis=1).reshape(B, K, C, D)
+    new_BKC = jnp.broadcast_to(new_T.reshape(1, K, C), (B, K, C))
+
+    # Step 1: the state's prefix triple, then the new tokens chunk by chunk.
+    k_BKCHd, v_BKCHd = st['compress'].project_kv(st['ln_tokens_compress'](x_BKCD))
+    triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), new_BKC)
+    triples = jax.lax.associative_scan(combine_softmax_triples, triples, axis=1)
+    m_BKHM, l_BKHM, o_BKHMd = combine_softmax_triples(
+        tuple(x[:, None] for x in self._read_state('m', 'l', 'o')), triples)
+    latents_MD = self._latents(D)
+    attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
+    s_BKMD = latents_MD[None, None] + st['compress'].project_out(attn_BKMHd)
+    r_BKMD = self._refine(st, s_BKMD.reshape(B * K, M, D), True).reshape(B, K, M, D)
+
+    # Step 3: chunk 0 reads the state's latent keys/values (if a chunk has finished) and
+    # the state's first j in-chunk keys/values; chunk k > 0 reads R of buffer chunk k - 1.
+    latent_k, latent_v, chunk_k, chunk_v = self._read_state('latent_k', 'latent_v', 'chunk_k',
+                                                            'chunk_v')
+    k_lat_BKHMd, v_lat_BKHMd = (
+        jnp.concatenate([first[:, None], kv[:, :-1]], axis=1) for first, kv in zip(
+            (latent_k, latent_v), map(heads_first, st['expand'].project_kv(
+                st['ln_latents_expand'](r_BKMD)))))
+    xe_BKCD = st['ln_tokens_expand'](x_BKCD)
+    q_BKHCd = heads_first(st['expand'].project_q(xe_BKCD))
+    k_loc_BKHCd, v_loc_BKHCd = map(heads_first, st['expand'].project_kv(xe_BKCD))
+    sin, cos = rotary_table(C, D // H)
+    k_loc_BKHCd = rotate(k_loc_BKHCd, sin[None, None, None], cos[None, None, None])
+    from_state_C = jnp.arange(C) < j
+    k_loc_BKHCd = k_loc_BKHCd.at[:, 0].set(
+        jnp.where(from_state_C[None, None, :, None], chunk_k, k_loc_BKHCd[:, 0]))
+    v_loc_BKHCd = v_loc_BKHCd.at[:, 0].set(
+        jnp.where(from_state_C[None, None, :, None], chunk_v, v_loc_BKHCd[:, 0]))
+    has_past_K = jnp.arange(K) > 0
+    has_past_K = has_past_K | (pos >= C)
+    out_BKHCd = expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,
+                                 jnp.broadcast_to((slots_T < j + S).reshape(1, K, C), (B, K, C)),
+                                 keys_rotated=True, has_past_K=has_past_K)
+    y_BTD = st['expand'].project_out(heads_first(out_BKHCd).astype(self.dtype))
+    y_BSD = jax.lax.dynamic_slice_in_dim(y_BTD.reshape(B, K * C, D), j, S, axis=1)
+
+    # The state after the last new token: in buffer chunk k_end, with `rem` tokens in it.
+    k_end, rem = (j + S) // C, (j + S) % C
+    take = lambda x: jax.lax.dynamic_index_in_dim(x, k_end, axis=1, keepdims=False)
+    last_r_BMD = jax.lax.dynamic_index_in_dim(r_BKMD, jnp.maximum(k_end - 1, 0), axis=1,
+                                              keepdims=False)
+    new_lat = self._expand_kv_of_latents(st, last_r_BMD)
+    in_chunk_C = (jnp.arange(C) < rem)[None, None, :, None]
+    self._write_state(
+        index=pos + S, triple=(take(m_BKHM), take(l_BKHM), take(o_BKHMd)),
+        latent_kv=tuple(jnp.where(k_end > 0, new, old)
+                        for new, old in zip(new_lat, (latent_k, latent_v))),
+        chunk_kv=(jnp.where(in_chunk_C, take(k_loc_BKHCd), 0.0),
+                  jnp.where(in_chunk_C, take(v_loc_BKHCd), 0.0).astype(chunk_v.dtype)))
+    return x_BSD + y_BSD
 
   @nn.nowrap
   def _expand_kv_of_latents(self, st: dict, r_BMD: jax.Array):
@@ -210,13 +286,15 @@ class CausalLatentAttention(_LatentSteps):
 
 
 def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,
-                     valid_BKC=None):
+                     valid_BKC=None, *, keys_rotated: bool = False, has_past_K=None):
   """One softmax per token over [latents of the previous chunks ; its chunk's prefix].
 
   Head-major layouts. Chunk 0 has no previous summary: its latent keys are masked.
   Local keys get rotary positions within the chunk (rotary scores depend only on
   the offset between positions, so in-chunk positions give the same attention as
   absolute ones); latent keys get none. Returns o_BKHCd in float32.
+  `keys_rotated`: the local keys already carry their rotary positions. `has_past_K`:
+  which chunks have a previous summary (default: all but chunk 0).
   """
   _, K, _, C, d = q_BKHCd.shape
   scale = d ** -0.5
@@ -224,9 +302,11 @@ def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd
   sin, cos = sin[None, None, None], cos[None, None, None]
   s_lat = jnp.einsum('bkhcd,bkhmd->bkhcm', q_BKHCd, k_lat_BKHMd,
                      preferred_element_type=jnp.float32) * scale
-  s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', rotate(q_BKHCd, sin, cos), rotate(k_loc_BKHCd, sin, cos),
+  k_rot = k_loc_BKHCd if keys_rotated else rotate(k_loc_BKHCd, sin, cos)
+  s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', rotate(q_BKHCd, sin, cos), k_rot,
                      preferred_element_type=jnp.float32) * scale
-  has_past = (jnp.arange(K) > 0)[None, :, None, None, None]
+  has_past = (jnp.arange(K) > 0) if has_past_K is None else has_past_K
+  has_past = has_past[None, :, None, None, None]
   s_lat = jnp.where(has_past, s_lat, NEG_INF)
   mask_loc = jnp.tril(jnp.ones((C, C), bool))[None, None, None]
   if valid_BKC is not None:

@@ -190,3 +190,24 @@ def _flash_bwd(causal, bq, bk, t, s, residuals, do):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention_from(q_BTHd: jax.Array, k_BSHd: jax.Array, v_BSHd: jax.Array,
+                         q_start: jax.Array, *, block: int = DEFAULT_BLOCK) -> jax.Array:
+  """Causal attention of T queries at positions q_start .. q_start + T - 1 against the
+  first q_start + T of S cached keys (the rest of the cache is never read): continuing a
+  sequence from a KV cache. `q_start` may be traced. Forward only (evaluation and
+  decoding), blockwise as flash_attention: [B, T, H, dv] in q's dtype.
+  """
+  B, T, H, d = q_BTHd.shape
+  S = k_BSHd.shape[1]
+  bq, bk = block_sizes(T, S, block)
+  tp, sp = -(-T // bq) * bq, -(-S // bk) * bk
+  heads_first = lambda x, n: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, n - x.shape[1]),
+                                                             (0, 0)))
+  q, k, v = heads_first(q_BTHd, tp), heads_first(k_BSHd, sp), heads_first(v_BSHd, sp)
+  end = jnp.asarray(q_start, jnp.int32) + T  # keys at or after `end` are not yet written
+  valid = jnp.broadcast_to(jnp.arange(sp) < end, (B, sp))
+  # _flash_forward aligns the last query with key `s - 1`; s = end does exactly that.
+  o, _ = _flash_forward(q, k, v, valid, True, bq, bk, T, end)
+  return jnp.swapaxes(o[:, :, :T], 1, 2).astype(q_BTHd.dtype)

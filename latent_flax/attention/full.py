@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_flax.attention import flash
 from latent_flax.attention.primitives import Dtype, MultiHeadAttention
 
 
@@ -21,7 +22,8 @@ class FullAttention(nn.Module):
   """Multi-head self-attention over all tokens, causal or bidirectional: the baseline.
 
   Decoding keeps the usual KV cache: `decode='prefill'` with `cache_len` >= the
-  final length, then `decode='step'`; its state grows as O(cache_len * D).
+  final length, then `decode='step'` (one token) or `decode='extend'` (several, in
+  parallel: streaming a long text); its state grows as O(cache_len * D).
   """
 
   num_heads: int
@@ -43,8 +45,9 @@ class FullAttention(nn.Module):
     if decode is None:
       y = mha(h, h, mask_BS=mask_BN, is_causal=self.causal, rotary=True)
       return x_BND + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    if not self.causal or decode not in ('prefill', 'step'):
-      raise ValueError(f"decode={decode!r} needs causal=True and one of 'prefill', 'step'.")
+    if not self.causal or decode not in ('prefill', 'step', 'extend'):
+      raise ValueError(f"decode={decode!r} needs causal=True and one of 'prefill', 'step', "
+                       "'extend'.")
     q_BNHd = mha.project_q(h)
     k_BNHd, v_BNHd = mha.project_kv(h)
     if decode == 'prefill':
@@ -58,17 +61,29 @@ class FullAttention(nn.Module):
                           jnp.zeros((B, cache_len) + kv.shape[2:], kv.dtype).at[:, :N].set(kv))
       self.put_variable('cache', 'index', jnp.asarray(N, jnp.int32))
       return x_BND + y
+    pos = self.get_variable('cache', 'index')
+    if decode == 'extend':  # N tokens at positions pos.., in parallel, after the cached ones
+      positions = pos + jnp.arange(N)
+      q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, positions), mha.apply_rotary(k_BNHd, positions)
+      cache_k, cache_v = self._append(pos, k_BNHd, v_BNHd)
+      o = flash.flash_attention_from(q_BNHd, cache_k, cache_v, pos)
+      return x_BND + mha.project_out(o)
     if N != 1:
       raise ValueError(f"decode='step' takes one token at a time, got {N}.")
-    pos = self.get_variable('cache', 'index')
     q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, pos[None]), mha.apply_rotary(k_BNHd, pos[None])
+    cache_k, cache_v = self._append(pos, k_BNHd, v_BNHd)
+    seen_BS = jnp.broadcast_to(jnp.arange(cache_k.shape[1]) <= pos, (B, cache_k.shape[1]))
+    # One query row: there is no N x N array to avoid, and XLA's single pass over the cache
+    # is faster than the blockwise loop over key blocks (timed on CPU at 4k and 64k tokens).
+    return x_BND + mha.attend(q_BNHd, cache_k, cache_v, mask_BS=seen_BS, impl='naive')
+
+  @nn.nowrap
+  def _append(self, pos, k_BNHd, v_BNHd):
+    """Writes N new keys and values at positions pos.. of the cache; returns the cache."""
     cache_k, cache_v = (
         jax.lax.dynamic_update_slice_in_dim(self.get_variable('cache', name), kv, pos, axis=1)
         for name, kv in (('key', k_BNHd), ('value', v_BNHd)))
     self.put_variable('cache', 'key', cache_k)
     self.put_variable('cache', 'value', cache_v)
-    self.put_variable('cache', 'index', pos + 1)
-    seen_BS = jnp.broadcast_to(jnp.arange(cache_k.shape[1]) <= pos, (B, cache_k.shape[1]))
-    # One query row: there is no N x N array to avoid, and XLA's single pass over the cache
-    # is faster than the blockwise loop over key blocks (timed on CPU at 4k and 64k tokens).
-    return x_BND + mha.attend(q_BNHd, cache_k, cache_v, mask_BS=seen_BS, impl='naive')
+    self.put_variable('cache', 'index', pos + k_BNHd.shape[1])
+    return cache_k, cache_v

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from latent_flax.attention import flash
 from latent_flax.attention.primitives import NEG_INF, Dtype, attention_core, rotary_at, rotate
 
 DECODE_PATHS = ('absorbed', 'naive')
@@ -41,7 +42,8 @@ class MultiHeadLatentAttention(nn.Module):
   """MLA block: pre-LN, attention with low-rank keys/values, residual.
 
   Decoding: `decode='prefill'` with `cache_len` >= the final length, then
-  `decode='step'`; the cache holds c_KV [B, cache_len, d_c] and the rotated shared
+  `decode='step'` (one token) or `decode='extend'` (several in parallel, through the
+  naive path: keys and values rebuilt from the cache); the cache holds c_KV [B, cache_len, d_c] and the rotated shared
   key k_R [B, cache_len, d_h^R] per layer.
   """
 
@@ -104,17 +106,21 @@ class MultiHeadLatentAttention(nn.Module):
     w_o = self._weight('out', (H, self.v_head_dim, D), (0, 1), 2)
     out = lambda o_BTHv: jnp.einsum('bthv,hvd->btd', o_BTHv.astype(self.dtype), w_o)
 
+    if decode == 'extend':  # N tokens at positions pos.., in parallel, after the cached ones
+      if not self.causal:
+        raise ValueError("decode='extend' needs causal=True.")
+      pos = self.get_variable('cache', 'index')
+      positions = pos + jnp.arange(N)
+      q_r, k_r = self._rotate(q_r, positions), self._rotate(k_r, positions)
+      k, v = self._rebuild(*self._append(pos, c_kv, k_r), w_uk, w_uv)
+      o = flash.flash_attention_from(jnp.concatenate([q_c, q_r], -1), k, v, pos)
+      return x_BND + out(o)
     if decode == 'step':
       if N != 1:
         raise ValueError(f"decode='step' takes one token at a time, got {N}.")
       pos = self.get_variable('cache', 'index')
       q_r, k_r = self._rotate(q_r, pos[None]), self._rotate(k_r, pos[None])
-      cache_c, cache_r = (
-          jax.lax.dynamic_update_slice_in_dim(self.get_variable('cache', name), new, pos, axis=1)
-          for name, new in (('latent', c_kv), ('key_rope', k_r)))
-      self.put_variable('cache', 'latent', cache_c)
-      self.put_variable('cache', 'key_rope', cache_r)
-      self.put_variable('cache', 'index', pos + 1)
+      cache_c, cache_r = self._append(pos, c_kv, k_r)
       seen_BS = jnp.broadcast_to(jnp.arange(cache_c.shape[1]) <= pos, (B, cache_c.shape[1]))
       if self.absorb:
         return x_BND + out(self._absorbed_step(q_c, q_r, cache_c, cache_r, seen_BS, w_uk, w_uv))
@@ -140,6 +146,18 @@ class MultiHeadLatentAttention(nn.Module):
     self.put_variable('cache', 'index', jnp.asarray(N, jnp.int32))
     return x_BND + y
 
+  @nn.nowrap
+  def _append(self, pos, c_kv_BNc, k_r_BNR):
+    """Writes N tokens' c_KV and rotated k_R at positions pos.. of the cache; returns it."""
+    caches = tuple(
+        jax.lax.dynamic_update_slice_in_dim(self.get_variable('cache', name), new, pos, axis=1)
+        for name, new in (('latent', c_kv_BNc), ('key_rope', k_r_BNR)))
+    self.put_variable('cache', 'latent', caches[0])
+    self.put_variable('cache', 'key_rope', caches[1])
+    self.put_variable('cache', 'index', pos + c_kv_BNc.shape[1])
+    return caches
+
+  @nn.nowrap
   def _absorbed_step(self, q_c_B1Hk, q_r_B1HR, cache_c_BSc, cache_r_BSR, seen_BS, w_uk, w_uv):
     """One query per sequence against the compressed cache: o [B, 1, H, d_v].
 
