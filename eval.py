@@ -1,6 +1,7 @@
 """Evaluate a checkpoint from a training workdir (validation split, or --split=test).
 
     python eval.py --workdir=/tmp/lf_m64 [--step=600|best] [--num_eval_steps=0]
+    python eval.py --workdir=/tmp/lf_m64 --seq_len=4096 --windows=documents --stream_segment=512
     python eval.py --workdir=/tmp/lf_m64 --config=configs/m64.py --config.data.name=text_files ...
 """
 
@@ -19,6 +20,16 @@ _SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "test"],
                            "Split to evaluate (test: the data sets that have one).")
 _NUM_EVAL_STEPS = flags.DEFINE_integer(
     "num_eval_steps", None, "Validation batches (0 = whole split; default: the config's).")
+_SEQ_LEN = flags.DEFINE_integer(
+    "seq_len", None, "Evaluate at this window length instead of the training length.")
+_WINDOWS = flags.DEFINE_enum(
+    "windows", None, ["stream", "documents"],
+    "Corpora: 'documents' evaluates each document's first seq_len bytes (no context from "
+    "another document); 'stream' windows over the joined split (default: the config's).")
+_STREAM_SEGMENT = flags.DEFINE_integer(
+    "stream_segment", None, "Feed each window this many tokens at a time, each segment "
+    "continuing from the decoding state (same result as one pass; bounded memory for "
+    "causal_latent).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -26,13 +37,16 @@ def main(argv):
   del argv
   config = cli.config_value(_CONFIG) if _CONFIG.value is not None else None
   r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, config,
-                                   _NUM_EVAL_STEPS.value, _SPLIT.value, write=False)
+                                   _NUM_EVAL_STEPS.value, _SPLIT.value, write=False,
+                                   seq_len=_SEQ_LEN.value, windows=_WINDOWS.value,
+                                   stream_segment=_STREAM_SEGMENT.value)
   print('\n'.join(tasks.get(r['dataset']).describe(r)))
   try:
     io_utils.write_json(r['path'], {k: v for k, v in r.items() if k != 'path'})
   except OSError as e:  # a read-only workdir: the result above is all there is
     cli.fail(f"the result above was not saved: {cli.describe(e)}", code=1)
-  print(f"wrote {r['path']}")
+  png = eval_lib.plot_by_context(r, r['path'][:-len('.json')] + '.png')
+  print(f"wrote {r['path']}" + (f" and {png}" if png else ''))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,27 @@ class Windows:
             'weights': np.ones(win[:, 1:].shape, np.float32)}
 
 
+class DocumentWindows(Windows):
+  """One window per document, from its first byte: the document's first seq_len + 1
+  bytes, for every document at least that long (document-aligned evaluation)."""
+
+  def __init__(self, docs: list[bytes], seq_len: int, what: str = 'corpus'):
+    long_enough = [d[:seq_len + 1] for d in docs if len(d) >= seq_len + 1]
+    if not long_enough:
+      raise ValueError(f"no document of the {what} has seq_len + 1 = {seq_len + 1:,} bytes "
+                       f"(the longest has {max(map(len, docs), default=0):,}); lower the "
+                       "evaluation length or use longer documents.")
+    self.num_documents = len(long_enough)
+    super().__init__(np.frombuffer(b''.join(long_enough), np.uint8), seq_len, what)
+    self.num_windows = len(long_enough)
+
+  def get(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+    offsets = np.asarray(ids, np.int64)[:, None] * (self.seq_len + 1) + np.arange(self.seq_len + 1)
+    win = self.data[offsets].astype(np.int32)
+    return {'inputs': win[:, :-1], 'targets': win[:, 1:],
+            'weights': np.ones(win[:, 1:].shape, np.float32)}
+
+
 class Examples:
   """Fixed examples of equal length: the same interface as Windows (`num_windows`, `get`)."""
 

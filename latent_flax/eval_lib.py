@@ -9,6 +9,7 @@ import jax
 import ml_collections
 
 from latent_flax import checkpoint, config_lib, evaluation, io_utils, steps, tasks
+from latent_flax.attention import registry as attention_registry
 from latent_flax.parallel import Parallel
 
 
@@ -41,29 +42,94 @@ def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
   return config
 
 
+def evaluation_config(config: ml_collections.ConfigDict, *, seq_len: int | None = None,
+                      windows: str | None = None, stream_segment: int | None = None
+                      ) -> ml_collections.ConfigDict:
+  """The config with eval.py's overrides, checked in one line each before anything runs."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  task = tasks.get(config.data.name)
+  if seq_len is not None:
+    if task.kind != 'lm':
+      raise ValueError(f"--seq_len: data set {config.data.name!r} is classification; its "
+                       "examples have the length they were generated with.")
+    config.data.seq_len = seq_len
+  if windows is not None:
+    if 'eval_windows' not in config.data:  # a config saved before the field existed
+      config.data.eval_windows = 'stream'
+    config.data.eval_windows = windows
+  if stream_segment is not None:
+    kind = attention_registry.get(config.model.attention)
+    if task.kind != 'lm' or not kind.decode:
+      raise ValueError(f"--stream_segment: attention {kind.name!r} on {config.data.name!r} "
+                       "cannot continue from a decoding state; leave it out (one pass).")
+    if not isinstance(stream_segment, int) or stream_segment < 1:
+      raise ValueError(f"--stream_segment={stream_segment} must be >= 1 token.")
+    if jax.process_count() > 1:
+      raise ValueError("--stream_segment runs in one process; leave it out of multi-process "
+                       "evaluation.")
+  config_lib.validate_config(config)
+  return config
+
+
 def evaluate_checkpoint(workdir: str, step: int | str | None = None,
                         config: ml_collections.ConfigDict | None = None,
                         num_eval_steps: int | None = None, split: str = 'validation', *,
-                        write: bool = True) -> dict:
+                        write: bool = True, seq_len: int | None = None,
+                        windows: str | None = None, stream_segment: int | None = None) -> dict:
   """Restores `step` (default: latest) from workdir, evaluates `split`, writes its JSON.
 
   The JSON is workdir/eval_step_<S>.json for the validation split and
   eval_<split>_step_<S>.json for another (result['path']; with write=False the caller
-  writes it). The task adds its own results (MQAR: `recall_accuracy`, `recall_by_pairs`,
-  `recall_across_chunks_by_pairs`).
+  writes it); an evaluation at another length, on document-aligned windows or streamed
+  adds `_L<len>`, `_documents`, `_stream<S>` to the name. The task adds its own results
+  (MQAR: `recall_accuracy`, `recall_by_pairs`, `recall_across_chunks_by_pairs`).
   """
   config = workdir_config(workdir, config)
+  trained_len = config.data.seq_len
+  config = evaluation_config(config, seq_len=seq_len, windows=windows,
+                             stream_segment=stream_segment)
   task = tasks.get(config.data.name)
-  tasks.load(config.data, split)  # a bad split fails before restoring
+  tasks.load(config.data, split)  # a bad split, or no window of this length, fails here
   sets, main = task.eval_sets(config.data, config.model, split)
   restored = restore_checkpoint(workdir, config, step)
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
   result = evaluation.evaluate(restored.parallel, restored.state.params, task, sets, main,
-                               global_batch, n)
-  result = {'step': restored.step, 'dataset': config.data.name, 'split': split, **result}
+                               global_batch, n, stream_segment=stream_segment)
+  result = {'step': restored.step, 'dataset': config.data.name, 'split': split,
+            'seq_len': config.data.seq_len, 'trained_seq_len': trained_len,
+            'windows': config.data.get('eval_windows', 'stream'),
+            'stream_segment': stream_segment, **result}
   name = 'eval' if split == 'validation' else f'eval_{split}'
+  name += '' if seq_len is None else f'_L{seq_len}'
+  name += '_documents' if result['windows'] == 'documents' else ''
+  name += '' if stream_segment is None else f'_stream{stream_segment}'
   path = os.path.join(workdir, f'{name}_step_{restored.step}.json')
   if write and jax.process_index() == 0:
     io_utils.write_json(path, result)
+    plot_by_context(result, path[:-len('.json')] + '.png')
   return {**result, 'path': path}
+
+
+def plot_by_context(result: dict, path: str) -> str | None:
+  """PNG of bits/byte against the context a prediction had (log x), if the result has it."""
+  octaves = result.get('bits_by_context')
+  if not octaves:
+    return None
+  plt = io_utils.pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  bounds = [tuple(map(int, k.split('-'))) for k in octaves]
+  ax.plot([(lo * hi) ** 0.5 for lo, hi in bounds], list(octaves.values()), 'o-')
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('bytes of context (octave mean)')
+  ax.set_ylabel('bits per byte')
+  how = f"{result.get('windows', 'stream')} windows of {result.get('seq_len', '?')} bytes"
+  if result.get('stream_segment'):
+    how += f", streamed in segments of {result['stream_segment']}"
+  ax.set_title(f"{result['dataset']} {result['split']}, step {result['step']}: {how}",
+               fontsize=9)
+  ax.grid(True, which='both', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

@@ -21,6 +21,7 @@ class Parallel:
 
   def __init__(self, kind: str, model, config):
     self.kind = kind
+    self.model = model
     self.devices = jax.local_devices()
     self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
                               axis_types=(jax.sharding.AxisType.Auto,))

@@ -130,3 +130,35 @@ def test_folder_split_ignores_how_the_path_is_written_and_is_never_empty(tmp_pat
     val = data.decode(corpus.load_split(_dc(path=str(pair)), 'validation'))
     assert train and val and (names[0] * 50 in val) != (names[0] * 50 in train)
   assert corpus.split_files(['only'], 10) in (([], ['only']), (['only'], []))
+
+
+def test_document_windows_start_at_a_document_and_never_cross_one():
+  docs = [bytes([1 + i]) * n for i, n in enumerate((40, 10, 17, 100))]  # doc i is byte i+1
+  w = data.DocumentWindows(docs, seq_len=16)
+  assert w.num_windows == 3  # the 10-byte document is shorter than seq_len + 1
+  batch = w.get(np.arange(3))
+  for row, byte in zip(range(3), (1, 3, 4)):
+    assert set(batch['inputs'][row]) == {byte} and set(batch['targets'][row]) == {byte}
+  with pytest.raises(ValueError, match='no document .* has seq_len \\+ 1 = 101 bytes'):
+    data.DocumentWindows(docs, seq_len=100)
+
+
+def test_min_document_bytes_keeps_long_files_and_document_windows_load(tmp_path):
+  lengths = [50, 60, 70] + [2100 + 100 * i for i in range(16)]
+  for i, n in enumerate(lengths):
+    (tmp_path / f'f{i}.txt').write_bytes(bytes([65 + i]) * n)
+  long_only = _dc(path=str(tmp_path), min_document_bytes=1000, eval_windows='documents',
+                  seq_len=2000)
+  kept = corpus.load_documents(long_only, 'train') + corpus.load_documents(long_only,
+                                                                           'validation')
+  assert sorted(map(len, kept)) == lengths[3:]
+  windows = tasks.load(long_only, 'validation')
+  assert isinstance(windows, data.DocumentWindows)
+  assert windows.num_windows == len(corpus.load_documents(long_only, 'validation'))
+  assert isinstance(tasks.load(long_only, 'train'), data.Windows)  # training still streams
+  with pytest.raises(ValueError, match='min_document_bytes=9,000 bytes .* lower it'):
+    corpus.load_documents(_dc(path=str(tmp_path), min_document_bytes=9000), 'train')
+  with pytest.raises(ValueError, match='no document .* has seq_len \\+ 1 = 4,001 bytes'):
+    tasks.load(_dc(path=str(tmp_path), eval_windows='documents', seq_len=4000), 'validation')
+  with pytest.raises(ValueError, match="eval_windows='doc' is unknown"):
+    tasks.load(_dc(path=str(tmp_path), eval_windows='doc'), 'train')

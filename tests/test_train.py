@@ -63,6 +63,16 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert result["step"] == 6 and result['bits_per_byte'] == pytest.approx(result['loss'] / np.log(2))
   assert os.path.exists(os.path.join(workdir, 'eval_step_6.json'))
   assert set(result['loss_by_position']) == {'0-31'}
+  assert list(result['bits_by_context']) == ['1-1', '2-3', '4-7', '8-15', '16-32']
+  # At 4x the training length on document-aligned windows, streamed in segments of 20
+  # tokens (inside and across chunks of 8), the result equals one pass.
+  one = eval_lib.evaluate_checkpoint(workdir, 6, seq_len=128, windows='documents', write=False)
+  streamed = eval_lib.evaluate_checkpoint(workdir, 6, seq_len=128, windows='documents',
+                                          stream_segment=20, write=False)
+  assert one['tokens'] == streamed['tokens'] == 128 and one['seq_len'] == 128
+  assert streamed['loss'] == pytest.approx(one['loss'], rel=1e-5)
+  assert streamed['bits_by_context'] == pytest.approx(one['bits_by_context'], rel=1e-5)
+  assert streamed['path'].endswith('eval_L128_documents_stream20_step_6.json')
 
   # The checkpoint generates text: greedy continuations equal decode.generate on its params.
   sample = decode.sample_from_checkpoint(workdir, 'alpha beta', 7, decode.Sampling(0.0),

@@ -30,6 +30,10 @@ import numpy as np
 from latent_flax import data as data_lib
 from latent_flax.tasks import registry
 
+# How evaluation cuts a split: 'stream', windows at stride seq_len over the documents
+# joined (a window may hold the end of one and the start of the next); 'documents', the
+# first seq_len + 1 bytes of every document at least that long (no foreign context).
+EVAL_WINDOWS = ('stream', 'documents')
 VALIDATION_PERCENT_STDLIB = 5
 VALIDATION_PERCENT_FILES = 10
 
@@ -137,7 +141,7 @@ def _load_stdlib(data_config, split: str) -> np.ndarray:
     builder.download_and_prepare()
   ds = builder.as_dataset(split=split)
   import tensorflow_datasets as tfds
-  return data_lib.join_documents(_docs_from_tfds(tfds.as_numpy(ds), 'text'))
+  return _docs_from_tfds(tfds.as_numpy(ds), 'text')
 
 
 def _load_text_files(data_config, split: str) -> np.ndarray:
@@ -158,7 +162,7 @@ def _load_text_files(data_config, split: str) -> np.ndarray:
     with open(files[0], 'rb') as f:
       data = f.read()
     cut = len(data) * (100 - VALIDATION_PERCENT_FILES) // 100
-    return np.frombuffer(data[:cut] if split == 'train' else data[cut:], dtype=np.uint8)
+    return [data[:cut] if split == 'train' else data[cut:]]
   # Files are named relative to the folder (or the pattern's fixed prefix), so the split
   # does not depend on how the path is spelled ('DIR', 'DIR/', './DIR') or on renaming it.
   root = os.path.realpath(pattern) if os.path.isdir(pattern) else _glob_root(pattern)
@@ -168,7 +172,7 @@ def _load_text_files(data_config, split: str) -> np.ndarray:
   for name in (val if split == 'validation' else train):
     with open(rel[name], 'rb') as f:
       docs.append(f.read())
-  return data_lib.join_documents(docs)
+  return docs
 
 
 def _load_catalog(data_config, split: str) -> np.ndarray:
@@ -195,25 +199,46 @@ def _load_catalog(data_config, split: str) -> np.ndarray:
   if key not in spec:
     raise ValueError(f"config.data.text_key={key!r} is not a feature of {name!r}; "
                      f"it has {sorted(spec.keys())}.")
-  return data_lib.join_documents(_docs_from_tfds(tfds.as_numpy(ds), key))
+  return _docs_from_tfds(tfds.as_numpy(ds), key)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_split_cached(name, path, text_key, data_dir, split) -> np.ndarray:
+def _load_documents_cached(name, path, text_key, data_dir, split) -> tuple[bytes, ...]:
   cfg = ml_collections.ConfigDict(dict(name=name, path=path, text_key=text_key,
                                        data_dir=data_dir))
   if name == 'stdlib':
-    return _load_stdlib(cfg, split)
+    return tuple(_load_stdlib(cfg, split))
   if name == 'text_files':
-    return _load_text_files(cfg, split)
-  return _load_catalog(cfg, split)
+    return tuple(_load_text_files(cfg, split))
+  return tuple(_load_catalog(cfg, split))
+
+
+def load_documents(data_config, split: str) -> list[bytes]:
+  """The documents of `split`, those shorter than config.data.min_document_bytes left out."""
+  docs = _load_documents_cached(data_config.name, data_config.get('path') or '',
+                                data_config.get('text_key') or 'text',
+                                data_config.get('data_dir') or '', split)
+  least = data_config.get('min_document_bytes') or 0
+  kept = [d for d in docs if len(d) >= least]
+  if not kept:
+    raise ValueError(f"the {split} split of {data_config.name!r} has no document of at least "
+                     f"config.data.min_document_bytes={least:,} bytes (the longest has "
+                     f"{max(map(len, docs), default=0):,}); lower it.")
+  return kept
+
+
+@functools.lru_cache(maxsize=8)
+def _joined(name, path, text_key, data_dir, split, least) -> np.ndarray:
+  cfg = ml_collections.ConfigDict(dict(name=name, path=path, text_key=text_key,
+                                       data_dir=data_dir, min_document_bytes=least))
+  return data_lib.join_documents(load_documents(cfg, split))
 
 
 def load_split(data_config, split: str) -> np.ndarray:
-  """All bytes of `split` ('train' or 'validation') as one uint8 array."""
-  return _load_split_cached(data_config.name, data_config.get('path') or '',
-                            data_config.get('text_key') or 'text',
-                            data_config.get('data_dir') or '', split)
+  """All bytes of `split` ('train' or 'validation') as one uint8 array, documents joined."""
+  return _joined(data_config.name, data_config.get('path') or '',
+                 data_config.get('text_key') or 'text', data_config.get('data_dir') or '',
+                 split, data_config.get('min_document_bytes') or 0)
 
 
 
@@ -230,9 +255,22 @@ class Corpus(registry.Task):
   def display_names(self) -> tuple[str, ...]:
     return ('stdlib', 'text_files', 'tfds:<name>')
 
-  def load(self, data_config, split: str) -> data_lib.Windows:
-    return data_lib.Windows(load_split(data_config, split), data_config.seq_len,
-                        f"{split} split of {data_config.name!r}")
+  def validate(self, data_config) -> None:
+    least = data_config.get('min_document_bytes') or 0
+    if not isinstance(least, int) or isinstance(least, bool) or least < 0:
+      raise ValueError(f"config.data.min_document_bytes={least!r} must be an integer >= 0 "
+                       "(0 = every document).")
+    windows = data_config.get('eval_windows') or 'stream'
+    if windows not in EVAL_WINDOWS:
+      raise ValueError(f"config.data.eval_windows={windows!r} is unknown; use one of "
+                       f"{list(EVAL_WINDOWS)}.")
+
+  def load(self, data_config, split: str) -> data_lib.Windows | data_lib.DocumentWindows:
+    what = f"{split} split of {data_config.name!r}"
+    if split != 'train' and (data_config.get('eval_windows') or 'stream') == 'documents':
+      return data_lib.DocumentWindows(load_documents(data_config, split), data_config.seq_len,
+                                      what)
+    return data_lib.Windows(load_split(data_config, split), data_config.seq_len, what)
 
 
 registry.register(Corpus())

@@ -80,6 +80,9 @@ class Task:
                f"{r['bits_per_byte']:.4f}  over {r['tokens']:,} bytes of {r['dataset']}"]
       lines += [f"  positions {bucket:>12s}: {loss / LN2:.4f} bits/byte"
                 for bucket, loss in r.get('loss_by_position', {}).items()]
+      if r.get('bits_by_context'):
+        lines.append('  by bytes of context: ' + '  '.join(
+            f"{k} {v:.3f}" for k, v in r['bits_by_context'].items()))
       return lines
     return [f"step {r['step']}  loss {r['loss']:.4f}  {self.accuracy_label} {r['accuracy']:.4f}"
             f"  over {r['tokens']:,} {self.target_unit} of the {r['split']} split of "
