@@ -100,6 +100,8 @@ def summarize(records: list[dict], reference: str) -> list[dict]:
   for v in dict.fromkeys(r['variant'] for r in records):
     for n in dict.fromkeys(r['context'] for r in records):
       pts = [r for r in records if r['variant'] == v and r['context'] == n]
+      if not pts:
+        continue
       ref = {r['round']: r['ms_per_token'] for r in records
              if r['variant'] == reference and r['context'] == n}
       ratios = [r['ms_per_token'] / ref[r['round']] for r in pts if r['round'] in ref]

@@ -43,7 +43,7 @@ def stream_sums(model, params, batch: dict, segment: int) -> dict:
   loss_by_pos, correct_sum = np.zeros(n), 0.0
   for start, logits in decode.stream(model, params, np.asarray(batch['inputs']), segment):
     end = start + logits.shape[1]
-    ce, correct = _segment_ce(logits, targets[:, start:end], weights[:, start:end])
+    ce, correct = segment_ce(logits, targets[:, start:end], weights[:, start:end])
     loss_by_pos[start:end] = np.asarray(ce, np.float64)
     correct_sum += float(correct)
   return {'loss_sum': loss_by_pos.sum(), 'correct_sum': correct_sum,
@@ -52,7 +52,7 @@ def stream_sums(model, params, batch: dict, segment: int) -> dict:
 
 
 @jax.jit
-def _segment_ce(logits_BSV, targets_BS, weights_BS):
+def segment_ce(logits_BSV, targets_BS, weights_BS):
   ce, correct = steps.weighted_ce(logits_BSV, {'targets': targets_BS, 'weights': weights_BS})
   return ce.sum(0), correct.sum()
 

@@ -394,6 +394,8 @@ def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: s
   ms = sorted({r['num_latents'] for r in rows if r['num_latents'] != ''})
   cmap = plt.get_cmap('viridis')
   color = {m: cmap(i / max(len(ms) - 1, 1) * 0.9) for i, m in enumerate(ms)}
+  others = sorted({r['variant'] for r in rows if not r['has_latents']})  # full, MLA, ...
+  color.update(zip(others, ['k', 'tab:red', 'tab:blue', 'tab:orange', 'tab:brown'] * 4))
   seeds = sorted({r['seed'] for r in rows})
   styles = dict(zip(seeds, ['-', '--', ':', '-.'] * 8))
   for ax, line in zip(axes[0], groups):
@@ -402,8 +404,8 @@ def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: s
       if r['line'] != line or not curve:
         continue
       label = r['label'] + (f", seed {r['seed']}" if len(seeds) > 1 else '')
-      ax.plot(*zip(*curve), styles[r['seed']], color=color.get(r['num_latents'], 'k'),
-              marker='.', label=label)
+      ax.plot(*zip(*curve), styles[r['seed']], marker='.', label=label,
+              color=color[r['num_latents'] if r['has_latents'] else r['variant']])
     ax.set_title(f'{line_name}={line}', fontsize=9)
     ax.set_xlabel('training step')
     ax.grid(True, alpha=0.3)
@@ -443,10 +445,9 @@ def _plot(rows: list[dict], key: str, ylabel: str, path: str, title: str,
       if seeded:
         ax.plot([m for m, g in points for _ in g['values']],
                 [v for _, g in points for v in g['values']], '.', color=colors[line], alpha=0.35)
-    for g in merged:
-      if not g['has_latents'] and g['line'] == line:
-        ax.axhline(g['best'], color=colors[line], ls='--',
-                   label=f"{g['label']}, {line_name}={line}")
+    levels = [g for g in merged if not g['has_latents'] and g['line'] == line]
+    for g, ls in zip(levels, ['--', ':', '-.', (0, (5, 1)), (0, (1, 3))] * 4):
+      ax.axhline(g['best'], color=colors[line], ls=ls, label=f"{g['label']}, {line_name}={line}")
   ax.set_xscale('log', base=2)
   ax.set_xlabel('latents per block M' + (f' (chunk size {main_chunk})' if main_chunk else ''))
   ax.set_ylabel(ylabel)

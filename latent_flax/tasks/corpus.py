@@ -6,6 +6,8 @@ seq_len + 1 bytes at stride seq_len.
 
   'stdlib'      the Python standard library sources of the running interpreter,
                 a local tfds builder (no download), 95/5 train/validation by path hash.
+  'stdlib_long' the stdlib files of at least 32 KB, one document each, split 70/30 by
+                path hash (long-context evaluation: --windows=documents).
   'text_files'  `config.data.path`: a file, folder or glob. One file: first 90% of
                 bytes train, last 10% validation; several files: split by path hash.
   'tfds:NAME'   any tfds catalog text dataset already in `config.data.data_dir`,
@@ -35,6 +37,8 @@ from latent_flax.tasks import registry
 # first seq_len + 1 bytes of every document at least that long (no foreign context).
 EVAL_WINDOWS = ('stream', 'documents')
 VALIDATION_PERCENT_STDLIB = 5
+LONG_DOCUMENT_BYTES = 32768   # 'stdlib_long': the stdlib files at least this long
+VALIDATION_PERCENT_LONG = 30
 VALIDATION_PERCENT_FILES = 10
 
 
@@ -133,7 +137,19 @@ def _docs_from_tfds(dataset, text_key: str) -> list[bytes]:
   return docs
 
 
-def _load_stdlib(data_config, split: str) -> np.ndarray:
+def _load_stdlib_long(data_config, split: str) -> list[bytes]:
+  """The stdlib files of at least LONG_DOCUMENT_BYTES, split anew by path hash
+  (VALIDATION_PERCENT_LONG), so that validation holds enough long documents."""
+  docs = {}
+  for part in ('train', 'validation'):
+    for path, text in _load_stdlib(data_config, part, with_paths=True):
+      if len(text) >= LONG_DOCUMENT_BYTES:
+        docs[path] = text
+  train, val = split_files(sorted(docs), VALIDATION_PERCENT_LONG)
+  return [docs[p] for p in (val if split == 'validation' else train)]
+
+
+def _load_stdlib(data_config, split: str, with_paths: bool = False) -> list:
   builder = stdlib_builder_class()(data_dir=_tfds_data_dir(data_config))
   if not builder.is_prepared():
     print(f"Preparing the built-in corpus (Python stdlib sources) into {builder.data_dir} "
@@ -141,7 +157,11 @@ def _load_stdlib(data_config, split: str) -> np.ndarray:
     builder.download_and_prepare()
   ds = builder.as_dataset(split=split)
   import tensorflow_datasets as tfds
-  return _docs_from_tfds(tfds.as_numpy(ds), 'text')
+  texts = _docs_from_tfds(tfds.as_numpy(ds), 'text')
+  if not with_paths:
+    return texts
+  paths = [p.decode('utf-8') for p in _docs_from_tfds(tfds.as_numpy(ds), 'path')]
+  return list(zip(paths, texts))
 
 
 def _load_text_files(data_config, split: str) -> np.ndarray:
@@ -208,6 +228,8 @@ def _load_documents_cached(name, path, text_key, data_dir, split) -> tuple[bytes
                                        data_dir=data_dir))
   if name == 'stdlib':
     return tuple(_load_stdlib(cfg, split))
+  if name == 'stdlib_long':
+    return tuple(_load_stdlib_long(cfg, split))
   if name == 'text_files':
     return tuple(_load_text_files(cfg, split))
   return tuple(_load_catalog(cfg, split))
@@ -249,11 +271,12 @@ class Corpus(registry.Task):
   name = 'corpus'
 
   def matches(self, name: str) -> bool:
-    return name in ('stdlib', 'text_files') or (name.startswith('tfds:') and len(name) > 5)
+    return name in ('stdlib', 'stdlib_long', 'text_files') or (
+        name.startswith('tfds:') and len(name) > 5)
 
   @property
   def display_names(self) -> tuple[str, ...]:
-    return ('stdlib', 'text_files', 'tfds:<name>')
+    return ('stdlib', 'stdlib_long', 'text_files', 'tfds:<name>')
 
   def validate(self, data_config) -> None:
     least = data_config.get('min_document_bytes') or 0
