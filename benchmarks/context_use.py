@@ -1,0 +1,124 @@
+"""Does a model use its context, and past its training length? Document-aligned evaluation
+of every run of a sweep at several lengths.
+
+    python benchmarks/context_use.py --workdir=runs/long_context [--lengths 4096,16384,65536]
+        [--out docs/long_context]
+
+For each run directory under --workdir (a sweep such as configs/sweeps/long_context.py)
+and each length L: eval.py's evaluation of the latest checkpoint on the validation
+split with `--seq_len=L --windows=documents` (each document at least L + 1 bytes long,
+read from its first byte), streamed in segments of --segment tokens beyond the
+training length for kinds that decode (the same losses as one pass, in bounded memory
+for causal_latent). Writes <out>/context_use.json, <out>/bits_by_context.png (one panel
+per length, bits/byte against bytes of context) and <out>/report.md (bits/byte in the
+last octave of each length, and overall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from latent_flax import config_lib, eval_lib, io_utils  # noqa: E402
+from latent_flax.attention import registry  # noqa: E402
+
+
+def runs(workdir: str) -> list[str]:
+  return sorted(d for d in os.listdir(workdir)
+                if os.path.exists(os.path.join(workdir, d, 'config.json')))
+
+
+def evaluate(run_dir: str, length: int, segment: int) -> dict:
+  config = config_lib.load_saved_config(run_dir)
+  kind = registry.get(config.model.attention)
+  stream = segment if kind.decode and length > config.data.seq_len else None
+  t0 = time.perf_counter()
+  r = eval_lib.evaluate_checkpoint(run_dir, None, num_eval_steps=0, seq_len=length,
+                                   windows='documents', stream_segment=stream)
+  return {'run': os.path.basename(run_dir), 'label': kind.label(config.model),
+          'length': length, 'stream_segment': stream, 'documents': r['tokens'] // length,
+          'bits_per_byte': r['bits_per_byte'], 'bits_by_context': r['bits_by_context'],
+          'seconds': time.perf_counter() - t0, 'peak_rss_mb': io_utils.peak_rss_mb(),
+          'step': r['step']}
+
+
+def plot(records: list[dict], lengths: list[int], path: str) -> None:
+  plt = io_utils.pyplot()
+  fig, axes = plt.subplots(1, len(lengths), figsize=(4.6 * len(lengths) + 1.5, 4.0),
+                           sharey=True, squeeze=False)
+  for ax, length in zip(axes[0], lengths):
+    for r in [r for r in records if r['length'] == length]:
+      bounds = [tuple(map(int, k.split('-'))) for k in r['bits_by_context']]
+      ax.plot([(lo * hi) ** 0.5 for lo, hi in bounds], list(r['bits_by_context'].values()),
+              'o-', ms=3, label=r['label'])
+    ax.axvline(4096, color='grey', lw=0.8, ls=':')
+    ax.set_xscale('log', base=2)
+    ax.set_title(f'documents read to {length:,} bytes', fontsize=9)
+    ax.set_xlabel('bytes of context')
+    ax.grid(True, which='both', alpha=0.3)
+  axes[0][0].set_ylabel('bits per byte')
+  axes[0][-1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.02, 0.5))
+  fig.suptitle('Context use: bits/byte by position, trained at 4,096 bytes (dotted)',
+               fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def report(records: list[dict], lengths: list[int], path: str, workdir: str) -> None:
+  labels = list(dict.fromkeys(r['label'] for r in records))
+  head = ['model'] + [f'last octave of {n:,}' for n in lengths] + [
+      f'all of {n:,}' for n in lengths]
+  lines = [f'# Context use ({workdir})', '',
+           'Bits/byte of document-aligned validation windows; "last octave of L" is the '
+           'mean over the predictions with L/2 to L bytes of context. Documents per '
+           'length: ' + ', '.join(f"{n:,}: {next(r['documents'] for r in records if r['length'] == n)}"
+                                 for n in lengths if any(r['length'] == n for r in records))
+           + '.', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for label in labels:
+    by_len = {r['length']: r for r in records if r['label'] == label}
+    last = [f"{list(by_len[n]['bits_by_context'].values())[-1]:.4f}" if n in by_len else '—'
+            for n in lengths]
+    every = [f"{by_len[n]['bits_per_byte']:.4f}" if n in by_len else '—' for n in lengths]
+    lines.append('| ' + ' | '.join([label] + last + every) + ' |')
+  lines += ['', '![bits/byte by context](bits_by_context.png)', '']
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument('--workdir', required=True)
+  ap.add_argument('--lengths', default='4096,16384,65536')
+  ap.add_argument('--segment', type=int, default=4096)
+  ap.add_argument('--runs', default='', help='comma-separated run names (default: all)')
+  ap.add_argument('--out', default='docs/long_context')
+  args = ap.parse_args()
+  lengths = [int(n) for n in args.lengths.split(',')]
+  names = args.runs.split(',') if args.runs else runs(args.workdir)
+  os.makedirs(args.out, exist_ok=True)
+  path = os.path.join(args.out, 'context_use.json')
+  records = json.load(open(path))['records'] if os.path.exists(path) else []
+  done = {(r['run'], r['length']) for r in records}
+  for length in lengths:
+    for name in names:
+      if (name, length) in done:
+        continue
+      r = evaluate(os.path.join(args.workdir, name), length, args.segment)
+      records.append(r)
+      print(f"{r['label']:40s} L={length:6,}: {r['bits_per_byte']:.4f} bits/byte over "
+            f"{r['documents']} documents, last octave "
+            f"{list(r['bits_by_context'].values())[-1]:.4f}  ({r['seconds']:.0f} s)", flush=True)
+      io_utils.write_json(path, {'config': vars(args), 'records': records})
+  plot(records, lengths, os.path.join(args.out, 'bits_by_context.png'))
+  report(records, lengths, os.path.join(args.out, 'report.md'), args.workdir)
+  print(f"wrote {args.out}/context_use.json, report.md and bits_by_context.png")
+
+
+if __name__ == '__main__':
+  main()
