@@ -96,11 +96,11 @@ def main() -> None:
   ap.add_argument('--workdir', required=True)
   ap.add_argument('--lengths', default='4096,16384,65536')
   ap.add_argument('--segment', type=int, default=4096)
-  ap.add_argument('--runs', default='', help='comma-separated run names (default: all)')
+  ap.add_argument('--runs', nargs='*', default=[], help='run names (default: all)')
   ap.add_argument('--out', default='docs/long_context')
   args = ap.parse_args()
   lengths = [int(n) for n in args.lengths.split(',')]
-  names = args.runs.split(',') if args.runs else runs(args.workdir)
+  names = args.runs or runs(args.workdir)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'context_use.json')
   records = json.load(open(path))['records'] if os.path.exists(path) else []

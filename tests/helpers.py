@@ -79,7 +79,7 @@ class Child:
       self._queue.put(line.rstrip('\n'))
     self._queue.put(None)
 
-  def wait_for(self, pattern, timeout=240.0):
+  def wait_for(self, pattern, timeout=600.0):  # generous: CI machines may be loaded
     """The first output line matching `pattern`; fails on exit or timeout."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -95,7 +95,7 @@ class Child:
         return line
     raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + '\n'.join(self.lines[-20:]))
 
-  def finish(self, timeout=300.0) -> int:
+  def finish(self, timeout=600.0) -> int:
     rc = self.proc.wait(timeout=timeout)
     while (line := self._queue.get(timeout=10)) is not None:
       self.lines.append(line)

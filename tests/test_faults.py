@@ -133,7 +133,7 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
                                 '--num_processes=2', f'--process_id={i}'), devices=2)
            for i in range(2)]
   for p in procs:
-    assert p.finish(timeout=300) == 0, '\n'.join(p.lines[-20:])
+    assert p.finish(timeout=600) == 0, '\n'.join(p.lines[-20:])
   assert any('4 device(s), 2 process(es)' in l for l in procs[0].lines)
   assert not any(l.startswith('step') for l in procs[1].lines)  # only process 0 reports
   ours, theirs = _metrics(workdir), _metrics(reference)
@@ -162,13 +162,13 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   procs[1].proc.send_signal(signal.SIGTERM)
   line = procs[0].wait_for(r'^Received ')
   for p in procs:
-    assert p.finish(timeout=120) == 0, '\n'.join(p.lines[-20:])
+    assert p.finish(timeout=600) == 0, '\n'.join(p.lines[-20:])
   saved = int(re.search(r'saved checkpoint step (\d+) in', line).group(1))
   assert 'another process' in line and 4 <= saved < STEPS
   assert _checkpoint_dirs(stopped)[-1] == str(saved)
   address = f'localhost:{_free_port()}'
   for p in [children(argv(i, address), devices=2) for i in range(2)]:
-    assert p.finish(timeout=300) == 0, '\n'.join(p.lines[-20:])
+    assert p.finish(timeout=600) == 0, '\n'.join(p.lines[-20:])
   jax.tree.map(np.testing.assert_array_equal, _params(stopped), _params(reference_two))
   assert _metrics(stopped) == _metrics(reference_two)[:len(_metrics(stopped))]
 
