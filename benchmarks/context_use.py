@@ -11,7 +11,9 @@ read from its first byte), streamed in segments of --segment tokens beyond the
 training length for kinds that decode (the same losses as one pass, in bounded memory
 for causal_latent). Writes <out>/context_use.json, <out>/bits_by_context.png (one panel
 per length, bits/byte against bytes of context) and <out>/report.md (bits/byte in the
-last octave of each length, and overall).
+last octave of each length, and overall). `--restart_every=4096` adds the control: the
+same documents and positions with the model restarted every 4,096 bytes, so the
+difference at a position is what the longer context bought there.
 """
 
 from __future__ import annotations
@@ -45,6 +47,37 @@ def evaluate(run_dir: str, length: int, segment: int) -> dict:
           'bits_per_byte': r['bits_per_byte'], 'bits_by_context': r['bits_by_context'],
           'seconds': time.perf_counter() - t0, 'peak_rss_mb': io_utils.peak_rss_mb(),
           'step': r['step']}
+
+
+def evaluate_restarted(run_dir: str, length: int, every: int) -> dict:
+  """The control: the same documents and positions, but the model restarts every `every`
+  bytes (position p sees only the p mod `every` bytes before it in its piece), so any
+  gain of the streamed evaluation over this one is what the longer context bought."""
+  import jax
+  import numpy as np
+  from latent_flax import checkpoint, evaluation, tasks
+  from latent_flax import model as model_lib
+  config = config_lib.load_saved_config(run_dir)
+  kind = registry.get(config.model.attention)
+  model = model_lib.build_model(config.model)
+  params = checkpoint.restore_workdir(run_dir, config, model, None, params_only=True).params
+  docs = [np.frombuffer(d[:length + 1], np.uint8).astype(np.int32)
+          for d in tasks.corpus.load_documents(config.data, 'validation') if len(d) > length]
+  forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
+  loss_by_pos, t0 = np.zeros(length), time.perf_counter()
+  for doc in docs:
+    pieces = np.stack([doc[k * every:(k + 1) * every + 1] for k in range(length // every)])
+    logits = forward(params, pieces[:, :-1])
+    ce = jax.vmap(lambda l, t: evaluation.segment_ce(l[None], t[None], np.ones((1, every),
+                                                     np.float32))[0])(logits, pieces[:, 1:])
+    loss_by_pos += np.asarray(ce, np.float64).reshape(-1)
+  octaves = evaluation.bits_by_context(loss_by_pos, np.full(length, float(len(docs))))
+  return {'run': os.path.basename(run_dir) + f' restart {every}',
+          'label': f'{kind.label(config.model)}, context reset every {every:,}',
+          'length': length, 'stream_segment': None, 'documents': len(docs),
+          'bits_per_byte': float(loss_by_pos.sum() / len(docs) / length / evaluation.LN2),
+          'bits_by_context': octaves, 'seconds': time.perf_counter() - t0,
+          'peak_rss_mb': io_utils.peak_rss_mb(), 'step': None}
 
 
 def plot(records: list[dict], lengths: list[int], path: str) -> None:
@@ -97,7 +130,10 @@ def main() -> None:
   ap.add_argument('--lengths', default='4096,16384,65536')
   ap.add_argument('--segment', type=int, default=4096)
   ap.add_argument('--runs', nargs='*', default=[], help='run names (default: all)')
+  ap.add_argument('--restart_every', type=int, default=0,
+                  help='also the control: the model restarted every this many bytes')
   ap.add_argument('--out', default='docs/long_context')
+  ap.add_argument('--report_only', action='store_true', help='draw and tabulate the JSON only')
   args = ap.parse_args()
   lengths = [int(n) for n in args.lengths.split(',')]
   names = args.runs or runs(args.workdir)
@@ -105,19 +141,26 @@ def main() -> None:
   path = os.path.join(args.out, 'context_use.json')
   records = json.load(open(path))['records'] if os.path.exists(path) else []
   done = {(r['run'], r['length']) for r in records}
-  for length in lengths:
+  for length in ([] if args.report_only else lengths):
     for name in names:
-      if (name, length) in done:
-        continue
-      r = evaluate(os.path.join(args.workdir, name), length, args.segment)
-      records.append(r)
-      print(f"{r['label']:40s} L={length:6,}: {r['bits_per_byte']:.4f} bits/byte over "
-            f"{r['documents']} documents, last octave "
-            f"{list(r['bits_by_context'].values())[-1]:.4f}  ({r['seconds']:.0f} s)", flush=True)
-      io_utils.write_json(path, {'config': vars(args), 'records': records})
+      run_dir = os.path.join(args.workdir, name)
+      if (name, length) not in done:
+        _record(evaluate(run_dir, length, args.segment), records, path, args)
+      control = f'{name} restart {args.restart_every}'
+      if args.restart_every and length > args.restart_every and (control, length) not in done:
+        _record(evaluate_restarted(run_dir, length, args.restart_every), records, path, args)
   plot(records, lengths, os.path.join(args.out, 'bits_by_context.png'))
   report(records, lengths, os.path.join(args.out, 'report.md'), args.workdir)
   print(f"wrote {args.out}/context_use.json, report.md and bits_by_context.png")
+
+
+def _record(r: dict, records: list[dict], path: str, args) -> None:
+  """Adds a result, prints it and rewrites the JSON (a rerun skips what it holds)."""
+  records.append(r)
+  print(f"{r['label']:40s} L={r['length']:6,}: {r['bits_per_byte']:.4f} bits/byte over "
+        f"{r['documents']} documents, last octave "
+        f"{list(r['bits_by_context'].values())[-1]:.4f}  ({r['seconds']:.0f} s)", flush=True)
+  io_utils.write_json(path, {'config': vars(args), 'records': records})
 
 
 if __name__ == '__main__':
