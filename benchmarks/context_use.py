@@ -84,19 +84,29 @@ def plot(records: list[dict], lengths: list[int], path: str) -> None:
   plt = io_utils.pyplot()
   fig, axes = plt.subplots(1, len(lengths), figsize=(4.6 * len(lengths) + 1.5, 4.0),
                            sharey=True, squeeze=False)
+  models = list(dict.fromkeys(r['label'].split(', context reset')[0] for r in records))
+  colors = dict(zip(models, plt.rcParams['axes.prop_cycle'].by_key()['color'] * 4))
   for ax, length in zip(axes[0], lengths):
     for r in [r for r in records if r['length'] == length]:
       bounds = [tuple(map(int, k.split('-'))) for k in r['bits_by_context']]
+      control = 'context reset' in r['label']
       ax.plot([(lo * hi) ** 0.5 for lo, hi in bounds], list(r['bits_by_context'].values()),
-              'o-', ms=3, label=r['label'])
+              ':' if control else '-', marker='.', ms=4, label=r['label'],
+              color=colors[r['label'].split(', context reset')[0]])
     ax.axvline(4096, color='grey', lw=0.8, ls=':')
     ax.set_xscale('log', base=2)
     ax.set_title(f'documents read to {length:,} bytes', fontsize=9)
     ax.set_xlabel('bytes of context')
     ax.grid(True, which='both', alpha=0.3)
   axes[0][0].set_ylabel('bits per byte')
-  axes[0][-1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.02, 0.5))
-  fig.suptitle('Context use: bits/byte by position, trained at 4,096 bytes (dotted)',
+  handles = {}
+  for ax in axes[0]:
+    for h, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, h)
+  axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc='center left',
+                     bbox_to_anchor=(1.02, 0.5))
+  fig.suptitle('Context use: bits/byte by position, trained at 4,096 bytes (grey line); '
+               'dotted: the model restarted every 4,096 bytes',
                fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
