@@ -8,8 +8,7 @@ WORKDIR ?= runs/m64
 # with it the N=65,536 layer ran 17% faster (README, Benchmarks). Ignored elsewhere.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # Test files run in parallel (pytest-xdist, a file's tests stay together), one worker
-# per core up to 4: on 2 cores the suite (155 tests) took 12 min 26 s on 2026-12-01; with
-# 182 tests, 25 min on 2026-12-02 while training runs shared the 2 cores.
+# per core up to 4: on 2 cores the suite (183 tests) took 12 min 39 s on 2026-12-02.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
 .PHONY: setup train eval test bench peers peers-venv
