@@ -39,18 +39,20 @@ def join_documents(docs: list[bytes]) -> np.ndarray:
 
 
 class Windows:
-  """Windows of seq_len + 1 bytes at stride seq_len over one split."""
+  """Windows of seq_len + 1 bytes at stride seq_len (or `stride`) over one split."""
 
-  def __init__(self, data: np.ndarray, seq_len: int, what: str = 'corpus'):
+  def __init__(self, data: np.ndarray, seq_len: int, what: str = 'corpus',
+               stride: int | None = None):
     if len(data) < seq_len + 1:
       raise ValueError(f"the {what} has {len(data):,} bytes, fewer than one window of "
                        f"seq_len + 1 = {seq_len + 1:,}; lower config.data.seq_len or use "
                        "more text.")
     self.data, self.seq_len = data, seq_len
-    self.num_windows = (len(data) - 1) // seq_len
+    self.stride = seq_len if stride is None else stride
+    self.num_windows = (len(data) - seq_len - 1) // self.stride + 1
 
   def get(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-    offsets = np.asarray(ids, np.int64)[:, None] * self.seq_len + np.arange(self.seq_len + 1)
+    offsets = np.asarray(ids, np.int64)[:, None] * self.stride + np.arange(self.seq_len + 1)
     win = self.data[offsets].astype(np.int32)
     return {'inputs': win[:, :-1], 'targets': win[:, 1:],
             'weights': np.ones(win[:, 1:].shape, np.float32)}
@@ -67,14 +69,8 @@ class DocumentWindows(Windows):
                        f"(the longest has {max(map(len, docs), default=0):,}); lower the "
                        "evaluation length or use longer documents.")
     self.num_documents = len(long_enough)
-    super().__init__(np.frombuffer(b''.join(long_enough), np.uint8), seq_len, what)
-    self.num_windows = len(long_enough)
-
-  def get(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-    offsets = np.asarray(ids, np.int64)[:, None] * (self.seq_len + 1) + np.arange(self.seq_len + 1)
-    win = self.data[offsets].astype(np.int32)
-    return {'inputs': win[:, :-1], 'targets': win[:, 1:],
-            'weights': np.ones(win[:, 1:].shape, np.float32)}
+    super().__init__(np.frombuffer(b''.join(long_enough), np.uint8), seq_len, what,
+                     stride=seq_len + 1)
 
 
 class Examples:

@@ -54,8 +54,6 @@ def evaluation_config(config: ml_collections.ConfigDict, *, seq_len: int | None 
                        "examples have the length they were generated with.")
     config.data.seq_len = seq_len
   if windows is not None:
-    if 'eval_windows' not in config.data:  # a config saved before the field existed
-      config.data.eval_windows = 'stream'
     config.data.eval_windows = windows
   if stream_segment is not None:
     kind = attention_registry.get(config.model.attention)

@@ -49,12 +49,16 @@ def flash_attention(q_BTHd: jax.Array, k_BSHd: jax.Array, v_BSHd: jax.Array, *,
   bq, bk = block_sizes(T, S, block)
   tp, sp = -(-T // bq) * bq, -(-S // bk) * bk
   valid_BS = jnp.ones((B, S), bool) if key_valid_BS is None else key_valid_BS.astype(bool)
-  heads_first = lambda x, n: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, n - x.shape[1]),
-                                                             (0, 0)))
-  q, k, v = heads_first(q_BTHd, tp), heads_first(k_BSHd, sp), heads_first(v_BSHd, sp)
+  q, k, v = _heads_first(q_BTHd, tp), _heads_first(k_BSHd, sp), _heads_first(v_BSHd, sp)
   valid = jnp.pad(valid_BS, ((0, 0), (0, sp - S)))
   o = _flash(q, k, v, valid, causal, bq, bk, T, S)
   return jnp.swapaxes(o[:, :, :T], 1, 2).astype(q_BTHd.dtype)
+
+
+def _heads_first(x_BTHd, length: int):
+  """[B, T, H, d] -> [B, H, length, d], zero-padded at the end."""
+  return jnp.pad(jnp.swapaxes(x_BTHd, 1, 2), ((0, 0), (0, 0), (0, length - x_BTHd.shape[1]),
+                                              (0, 0)))
 
 
 def _block(x, index, size: int, axis: int = 2):
@@ -203,9 +207,7 @@ def flash_attention_from(q_BTHd: jax.Array, k_BSHd: jax.Array, v_BSHd: jax.Array
   S = k_BSHd.shape[1]
   bq, bk = block_sizes(T, S, block)
   tp, sp = -(-T // bq) * bq, -(-S // bk) * bk
-  heads_first = lambda x, n: jnp.pad(jnp.swapaxes(x, 1, 2), ((0, 0), (0, 0), (0, n - x.shape[1]),
-                                                             (0, 0)))
-  q, k, v = heads_first(q_BTHd, tp), heads_first(k_BSHd, sp), heads_first(v_BSHd, sp)
+  q, k, v = _heads_first(q_BTHd, tp), _heads_first(k_BSHd, sp), _heads_first(v_BSHd, sp)
   end = jnp.asarray(q_start, jnp.int32) + T  # keys at or after `end` are not yet written
   valid = jnp.broadcast_to(jnp.arange(sp) < end, (B, sp))
   # _flash_forward aligns the last query with key `s - 1`; s = end does exactly that.

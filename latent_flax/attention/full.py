@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_flax.attention import flash
-from latent_flax.attention.primitives import Dtype, MultiHeadAttention
+from latent_flax.attention.primitives import Dtype, MultiHeadAttention, append_to_cache
 
 
 class FullAttention(nn.Module):
@@ -65,25 +65,14 @@ class FullAttention(nn.Module):
     if decode == 'extend':  # N tokens at positions pos.., in parallel, after the cached ones
       positions = pos + jnp.arange(N)
       q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, positions), mha.apply_rotary(k_BNHd, positions)
-      cache_k, cache_v = self._append(pos, k_BNHd, v_BNHd)
+      cache_k, cache_v = append_to_cache(self, pos, {'key': k_BNHd, 'value': v_BNHd})
       o = flash.flash_attention_from(q_BNHd, cache_k, cache_v, pos)
       return x_BND + mha.project_out(o)
     if N != 1:
       raise ValueError(f"decode='step' takes one token at a time, got {N}.")
     q_BNHd, k_BNHd = mha.apply_rotary(q_BNHd, pos[None]), mha.apply_rotary(k_BNHd, pos[None])
-    cache_k, cache_v = self._append(pos, k_BNHd, v_BNHd)
+    cache_k, cache_v = append_to_cache(self, pos, {'key': k_BNHd, 'value': v_BNHd})
     seen_BS = jnp.broadcast_to(jnp.arange(cache_k.shape[1]) <= pos, (B, cache_k.shape[1]))
     # One query row: there is no N x N array to avoid, and XLA's single pass over the cache
     # is faster than the blockwise loop over key blocks (timed on CPU at 4k and 64k tokens).
     return x_BND + mha.attend(q_BNHd, cache_k, cache_v, mask_BS=seen_BS, impl='naive')
-
-  @nn.nowrap
-  def _append(self, pos, k_BNHd, v_BNHd):
-    """Writes N new keys and values at positions pos.. of the cache; returns the cache."""
-    cache_k, cache_v = (
-        jax.lax.dynamic_update_slice_in_dim(self.get_variable('cache', name), kv, pos, axis=1)
-        for name, kv in (('key', k_BNHd), ('value', v_BNHd)))
-    self.put_variable('cache', 'key', cache_k)
-    self.put_variable('cache', 'value', cache_v)
-    self.put_variable('cache', 'index', pos + k_BNHd.shape[1])
-    return cache_k, cache_v

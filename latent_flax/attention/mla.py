@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_flax.attention import flash
-from latent_flax.attention.primitives import NEG_INF, Dtype, attention_core, rotary_at, rotate
+from latent_flax.attention.primitives import (NEG_INF, Dtype, append_to_cache, attention_core,
+                                              rotary_at, rotate)
 
 DECODE_PATHS = ('absorbed', 'naive')
 
@@ -112,7 +113,8 @@ class MultiHeadLatentAttention(nn.Module):
       pos = self.get_variable('cache', 'index')
       positions = pos + jnp.arange(N)
       q_r, k_r = self._rotate(q_r, positions), self._rotate(k_r, positions)
-      k, v = self._rebuild(*self._append(pos, c_kv, k_r), w_uk, w_uv)
+      k, v = self._rebuild(*append_to_cache(self, pos, {'latent': c_kv, 'key_rope': k_r}), w_uk,
+                           w_uv)
       o = flash.flash_attention_from(jnp.concatenate([q_c, q_r], -1), k, v, pos)
       return x_BND + out(o)
     if decode == 'step':
@@ -120,7 +122,7 @@ class MultiHeadLatentAttention(nn.Module):
         raise ValueError(f"decode='step' takes one token at a time, got {N}.")
       pos = self.get_variable('cache', 'index')
       q_r, k_r = self._rotate(q_r, pos[None]), self._rotate(k_r, pos[None])
-      cache_c, cache_r = self._append(pos, c_kv, k_r)
+      cache_c, cache_r = append_to_cache(self, pos, {'latent': c_kv, 'key_rope': k_r})
       seen_BS = jnp.broadcast_to(jnp.arange(cache_c.shape[1]) <= pos, (B, cache_c.shape[1]))
       if self.absorb:
         return x_BND + out(self._absorbed_step(q_c, q_r, cache_c, cache_r, seen_BS, w_uk, w_uv))
@@ -145,17 +147,6 @@ class MultiHeadLatentAttention(nn.Module):
                         jnp.zeros((B, cache_len, new.shape[-1]), new.dtype).at[:, :N].set(new))
     self.put_variable('cache', 'index', jnp.asarray(N, jnp.int32))
     return x_BND + y
-
-  @nn.nowrap
-  def _append(self, pos, c_kv_BNc, k_r_BNR):
-    """Writes N tokens' c_KV and rotated k_R at positions pos.. of the cache; returns it."""
-    caches = tuple(
-        jax.lax.dynamic_update_slice_in_dim(self.get_variable('cache', name), new, pos, axis=1)
-        for name, new in (('latent', c_kv_BNc), ('key_rope', k_r_BNR)))
-    self.put_variable('cache', 'latent', caches[0])
-    self.put_variable('cache', 'key_rope', caches[1])
-    self.put_variable('cache', 'index', pos + c_kv_BNc.shape[1])
-    return caches
 
   @nn.nowrap
   def _absorbed_step(self, q_c_B1Hk, q_r_B1HR, cache_c_BSc, cache_r_BSR, seen_BS, w_uk, w_uv):

@@ -137,6 +137,17 @@ class MultiHeadAttention(nn.Module):
     return self.attend(q_BTHd, k_BSHd, v_BSHd, mask_BS=mask_BS, is_causal=is_causal)
 
 
+def append_to_cache(module: nn.Module, pos, new: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+  """Writes N new tokens' entries {name: [B, N, ...]} at positions pos.. of `module`'s
+  'cache' collection, advances its 'index' by N and returns the updated caches."""
+  caches = tuple(jax.lax.dynamic_update_slice_in_dim(module.get_variable('cache', name), x, pos,
+                                                     axis=1) for name, x in new.items())
+  for name, cache in zip(new, caches):
+    module.put_variable('cache', name, cache)
+  module.put_variable('cache', 'index', pos + next(iter(new.values())).shape[1])
+  return caches
+
+
 def combine_softmax_triples(a, b):
   """Associative merge of online-softmax partials (max, sum of exp, weighted sum)."""
   m_a, l_a, o_a = a

@@ -157,11 +157,9 @@ def _load_stdlib(data_config, split: str, with_paths: bool = False) -> list:
     builder.download_and_prepare()
   ds = builder.as_dataset(split=split)
   import tensorflow_datasets as tfds
-  texts = _docs_from_tfds(tfds.as_numpy(ds), 'text')
   if not with_paths:
-    return texts
-  paths = [p.decode('utf-8') for p in _docs_from_tfds(tfds.as_numpy(ds), 'path')]
-  return list(zip(paths, texts))
+    return _docs_from_tfds(tfds.as_numpy(ds), 'text')
+  return [(e['path'].decode('utf-8'), e['text']) for e in tfds.as_numpy(ds)]
 
 
 def _load_text_files(data_config, split: str) -> np.ndarray:
