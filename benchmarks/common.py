@@ -80,8 +80,8 @@ def variant_label(kind: str, num_latents: int) -> str:
   return f'{kind} M={num_latents}' if registry.get(kind).has_latents else kind
 
 
-def lm_train_step(config, n: int):
-  """(jitted train step, initial state, one batch) of config's model at n tokens, batch 1;
+def lm_train_step(config, n: int, batch_size: int = 1):
+  """(jitted train step, initial state, one batch) of config's model at n tokens;
   call step(state, batch, rng). The state argument is donated."""
   import numpy as np
   from latent_flax import model as model_lib
@@ -92,9 +92,9 @@ def lm_train_step(config, n: int):
   state = jax.jit(steps.make_init_fn(model, config))(jax.random.key(0))
   step = jax.jit(lambda s, b, r: steps.train_step(s, b, r, axis_name=None, schedule=schedule),
                  donate_argnums=(0,))
-  tokens = np.random.default_rng(0).integers(0, 256, (1, n + 1)).astype(np.int32)
+  tokens = np.random.default_rng(0).integers(0, 256, (batch_size, n + 1)).astype(np.int32)
   batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-           'weights': np.ones((1, n), np.float32)}
+           'weights': np.ones((batch_size, n), np.float32)}
   return step, state, batch
 
 

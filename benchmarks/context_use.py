@@ -14,6 +14,14 @@ per length, bits/byte against bytes of context) and <out>/report.md (bits/byte i
 last octave of each length, and overall). `--restart_every=4096` adds the control: the
 same documents and positions with the model restarted every 4,096 bytes, so the
 difference at a position is what the longer context bought there.
+
+`--restart_every=128` (the chunk size C) is the control of issue 35: every token sees
+only its own chunk. For causal_latent that is exactly the model with its latent summary
+removed (a chunk without R_{k-1} computes what the same chunk computes alone), so the
+difference is what the summary buys; for full attention and MLA it is what everything
+before the chunk buys. The report then also tabulates this gain by position bucket
+(128-511, 512-2,047, 2,048-4,095, ... bytes of context) and draws it
+(<out>/gain_by_context.png). Several controls: `--restart_every=128,4096`.
 """
 
 from __future__ import annotations
@@ -80,6 +88,70 @@ def evaluate_restarted(run_dir: str, length: int, every: int) -> dict:
           'peak_rss_mb': io_utils.peak_rss_mb(), 'step': None}
 
 
+GAIN_BUCKETS = [(128, 512), (512, 2048), (2048, 4096), (4096, 8192), (8192, 16384),
+                (16384, 65536)]
+
+
+def bucket_means(octaves: dict[str, float]) -> dict[str, float]:
+  """Bits/byte over contexts [lo, hi) from octave means ('a-b': the contexts a..b), each
+  octave weighted by its width (document-aligned windows weigh every position alike)."""
+  out = {}
+  for lo, hi in GAIN_BUCKETS:
+    parts = [(v, b - a + 1) for (a, b), v in ((tuple(map(int, k.split('-'))), v)
+                                              for k, v in octaves.items()) if lo <= a < hi]
+    if parts:
+      out[f'{lo}-{hi - 1}'] = sum(v * w for v, w in parts) / sum(w for _, w in parts)
+  return out
+
+
+def gains(records: list[dict]) -> list[dict]:
+  """Per model, length and control: control minus full context, by position bucket."""
+  full = {(r['run'], r['length']): r for r in records if ' restart ' not in r['run']}
+  out = []
+  for r in records:
+    if ' restart ' not in r['run']:
+      continue
+    run, every = r['run'].split(' restart ')
+    if (run, r['length']) not in full:
+      continue
+    ours = bucket_means(full[run, r['length']]['bits_by_context'])
+    reset = bucket_means(r['bits_by_context'])
+    out.append({'run': run, 'label': full[run, r['length']]['label'], 'length': r['length'],
+                'restart_every': int(every),
+                'bits_per_byte': full[run, r['length']]['bits_per_byte'],
+                'gain_by_bucket': {k: reset[k] - ours[k] for k in ours
+                                   if k in reset and int(k.split('-')[0]) >= int(every)}})
+  return out
+
+
+def plot_gains(rows: list[dict], path: str) -> None:
+  plt = io_utils.pyplot()
+  controls = sorted({r['restart_every'] for r in rows})
+  fig, axes = plt.subplots(1, len(controls), figsize=(6.5 * len(controls) + 1.5, 4.0),
+                           squeeze=False)
+  models = list(dict.fromkeys(r['label'] for r in rows))
+  colors = dict(zip(models, plt.rcParams['axes.prop_cycle'].by_key()['color'] * 4))
+  for ax, every in zip(axes[0], controls):
+    for r in sorted((r for r in rows if r['restart_every'] == every),
+                    key=lambda r: -r['length']):
+      bounds = [tuple(map(int, k.split('-'))) for k in r['gain_by_bucket']]
+      ax.plot([(lo * (hi + 1)) ** 0.5 for lo, hi in bounds], list(r['gain_by_bucket'].values()),
+              '-' if r['length'] <= 4096 else '--', marker='o', ms=4, color=colors[r['label']],
+              label=f"{r['label']} (read to {r['length']:,})")
+    ax.axhline(0, color='grey', lw=0.8)
+    ax.axvline(4096, color='grey', lw=0.8, ls=':')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('bytes of context')
+    ax.set_ylabel(f'bits/byte saved over the model restarted every {every:,} bytes')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.02, 0.5))
+  fig.suptitle('What the context beyond the last restart buys, by position '
+               '(trained at 4,096 bytes: grey line)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot(records: list[dict], lengths: list[int], path: str) -> None:
   plt = io_utils.pyplot()
   fig, axes = plt.subplots(1, len(lengths), figsize=(4.6 * len(lengths) + 1.5, 4.0),
@@ -130,6 +202,24 @@ def report(records: list[dict], lengths: list[int], path: str, workdir: str) -> 
     every = [f"{by_len[n]['bits_per_byte']:.4f}" if n in by_len else '—' for n in lengths]
     lines.append('| ' + ' | '.join([label] + last + every) + ' |')
   lines += ['', '![bits/byte by context](bits_by_context.png)', '']
+  rows = gains(records)
+  if rows:
+    buckets = list(dict.fromkeys(k for r in rows for k in r['gain_by_bucket']))
+    head = ['model', 'read to', 'restarted every', 'bits/byte'] + [
+        f'gain at {k}' for k in buckets] + ['last / first']
+    lines += ['## Gain by position', '',
+              'Bits/byte saved at each bucket of context by everything before the last '
+              'restart of the control; "last / first" is the gain in the last bucket over '
+              'the gain in the first.', '',
+              '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for r in rows:
+      g = r['gain_by_bucket']
+      first, last = (list(g.values())[0], list(g.values())[-1]) if g else (0, 0)
+      lines.append('| ' + ' | '.join(
+          [r['label'], f"{r['length']:,}", f"{r['restart_every']:,}",
+           f"{r['bits_per_byte']:.4f}"] + [f"{g[k]:+.4f}" if k in g else '—' for k in buckets]
+          + [f"{last / first:.2f}" if first else '—']) + ' |')
+    lines += ['', '![gain by context](gain_by_context.png)', '']
   with open(path, 'w') as f:
     f.write('\n'.join(lines))
 
@@ -140,12 +230,14 @@ def main() -> None:
   ap.add_argument('--lengths', default='4096,16384,65536')
   ap.add_argument('--segment', type=int, default=4096)
   ap.add_argument('--runs', nargs='*', default=[], help='run names (default: all)')
-  ap.add_argument('--restart_every', type=int, default=0,
-                  help='also the control: the model restarted every this many bytes')
+  ap.add_argument('--restart_every', default='',
+                  help='also the controls: the model restarted every this many bytes '
+                       '(comma-separated)')
   ap.add_argument('--out', default='docs/long_context')
   ap.add_argument('--report_only', action='store_true', help='draw and tabulate the JSON only')
   args = ap.parse_args()
   lengths = [int(n) for n in args.lengths.split(',')]
+  restarts = [int(n) for n in args.restart_every.split(',') if n]
   names = args.runs or runs(args.workdir)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'context_use.json')
@@ -156,12 +248,16 @@ def main() -> None:
       run_dir = os.path.join(args.workdir, name)
       if (name, length) not in done:
         _record(evaluate(run_dir, length, args.segment), records, path, args)
-      control = f'{name} restart {args.restart_every}'
-      if args.restart_every and length > args.restart_every and (control, length) not in done:
-        _record(evaluate_restarted(run_dir, length, args.restart_every), records, path, args)
+      for every in restarts:
+        control = f'{name} restart {every}'
+        if length > every and (control, length) not in done:
+          _record(evaluate_restarted(run_dir, length, every), records, path, args)
+  lengths = sorted({r['length'] for r in records} | set(lengths))
   plot(records, lengths, os.path.join(args.out, 'bits_by_context.png'))
+  if gains(records):
+    plot_gains(gains(records), os.path.join(args.out, 'gain_by_context.png'))
   report(records, lengths, os.path.join(args.out, 'report.md'), args.workdir)
-  print(f"wrote {args.out}/context_use.json, report.md and bits_by_context.png")
+  print(f"wrote {args.out}/context_use.json, report.md and the PNGs")
 
 
 def _record(r: dict, records: list[dict], path: str, args) -> None:

@@ -26,7 +26,7 @@ SHORT_NAMES = {
     'layers': 'model.num_layers', 'pairs': 'data.num_kv_pairs', 'seq_len': 'data.seq_len',
     'vocab': 'data.vocab_size', 'steps': 'num_train_steps', 'seed': 'seed',
     'lr': 'learning_rate', 'batch': 'per_device_batch_size', 'kv_rank': 'model.kv_lora_rank',
-    'q_rank': 'model.q_lora_rank'}
+    'q_rank': 'model.q_lora_rank', 'decay': 'model.latent_decay'}
 _SHORT_OF = {v: k for k, v in SHORT_NAMES.items()}
 
 
@@ -136,8 +136,9 @@ def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.Co
                      workdir: str) -> None:
   """Refuses a config whose params, or what they compute, differ from the workdir's saved one."""
   kind = attention_registry.get(config.model.attention)
-  fields = {**{k: None for k in model_lib.SHAPE_FIELDS}, **model_lib.FUNCTION_FIELDS,
-            **{k: None for k in kind.function_fields + kind.shape_fields}}
+  defaults = model_lib.ModelConfig()  # the value of a field a saved config predates
+  fields = {k: getattr(defaults, k) for k in model_lib.SHAPE_FIELDS + model_lib.FUNCTION_FIELDS
+                                           + kind.function_fields + kind.shape_fields}
   differ = [f"model.{k}: saved {saved.model.get(k, old)!r} vs new {config.model.get(k, old)!r}"
             for k, old in fields.items() if saved.model.get(k, old) != config.model.get(k, old)]
   if differ:

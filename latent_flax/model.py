@@ -48,6 +48,9 @@ class ModelConfig:
   num_latents: int = 64             # M: learnable latents per block (latent kinds)
   num_heads: int = 4                # H: heads in every attention (emb_dim must divide by it)
   chunk_size: int = 128             # C: tokens per chunk (causal_latent)
+  latent_decay: str = 'none'        # causal_latent's prefix weights: 'none' (every past token
+                                    # alike) or 'multiscale' (learned per-latent decays with
+                                    # half-lives of 1 to 256 chunks; design section 2)
   attention_impl: str = 'auto'      # full attention's softmax core: 'auto', 'blockwise'
                                     # (flash-style, O(N*D) memory), 'naive' (N x N, the
                                     # reference) or 'cudnn' (GPU, bfloat16/float16)
@@ -86,8 +89,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 # Shape of the model: a workdir trained with other values cannot be resumed.
 SHAPE_FIELDS = ('attention', 'num_latents', 'num_heads', 'emb_dim', 'mlp_dim', 'num_layers')
-# What the same parameters compute, with the value configs saved before the field existed.
-FUNCTION_FIELDS = {'input_positions': 'none', 'pooling': 'mean'}
+# What the same parameters compute (a config saved before a field existed had its default).
+FUNCTION_FIELDS = ('input_positions', 'pooling')
 
 
 def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,

@@ -30,11 +30,13 @@ def _ln(p, x, eps=1e-6):
   return (x - mean) / jnp.sqrt(var + eps) * p['scale'] + p['bias']
 
 
-def _mha(p, q_in, kv_in, key_mask=None):
+def _mha(p, q_in, kv_in, key_mask=None, bias_HTS=None):
   q = jnp.einsum('...td,dhk->...thk', q_in, p['query']['kernel']) + p['query']['bias']
   k = jnp.einsum('...sd,dhk->...shk', kv_in, p['key']['kernel']) + p['key']['bias']
   v = jnp.einsum('...sd,dhk->...shk', kv_in, p['value']['kernel']) + p['value']['bias']
   s = jnp.einsum('...thk,...shk->...hts', q, k) / np.sqrt(q.shape[-1])
+  if bias_HTS is not None:
+    s = s + bias_HTS[None]
   if key_mask is not None:
     s = jnp.where(key_mask[:, None, None, :], s, -jnp.inf)
   w = jax.nn.softmax(s, axis=-1)
@@ -83,10 +85,11 @@ def test_bidirectional_block_leaks_the_future():
 
 
 # ---------------------------------------------------------------- causality --
+@pytest.mark.parametrize('decay', ['none', 'multiscale'])
 @pytest.mark.parametrize('p', [16, 23, 19, 0, 3])  # chunk start, chunk end, mid-chunk, first chunk
-def test_causal_block_perturbation_is_bit_exact(p):
+def test_causal_block_perturbation_is_bit_exact(p, decay):
   x = _x(37)
-  mod = _causal()
+  mod = _causal(latent_decay=decay)
   variables = _init(mod, x)
   y = mod.apply(variables, x)
   x2 = x.at[:, p:].add(jax.random.normal(jax.random.key(7), x[:, p:].shape) * 3.0)
@@ -95,11 +98,13 @@ def test_causal_block_perturbation_is_bit_exact(p):
   assert np.abs(np.asarray(y2[:, p] - y[:, p])).max() > 1e-3  # position p itself does see p
 
 
-@pytest.mark.parametrize('kind', registry.names(causal=True))
+@pytest.mark.parametrize('kind', registry.names(causal=True) + ['causal_latent:multiscale'])
 def test_causal_gradient_to_the_future_is_exactly_zero(kind):
   from latent_flax import model as model_lib
+  kind, _, decay = kind.partition(':')
   cfg = model_lib.ModelConfig(attention=kind, num_latents=4, num_heads=2, chunk_size=4,
-                              emb_dim=16, mlp_dim=32, num_layers=2)
+                              emb_dim=16, mlp_dim=32, num_layers=2,
+                              **({'latent_decay': decay} if decay else {}))
   x = jax.random.normal(jax.random.key(0), (1, 14, 16))
 
   class Stack(model_lib.nn.Module):
@@ -146,6 +151,31 @@ def test_prefix_scan_equals_bidirectional_steps_on_each_prefix():
                                atol=1e-5, rtol=1e-5, err_msg=f'S_{k}')
     np.testing.assert_allclose(r_BKMD[:, k], ref['intermediates']['refined'][0],
                                atol=1e-5, rtol=1e-5, err_msg=f'R_{k}')
+
+
+@jax.numpy_rank_promotion('allow')
+def test_decayed_prefix_scan_equals_brute_force_softmax_with_decay():
+  """S_k with decay = L + MHA_compress over chunks 0..k with each score lowered by
+  lambda_hm * (distance in tokens from the prefix's last token) / C, in plain jnp."""
+  n = 40  # K = 5
+  x = _x(n, scale=3.0)
+  causal = _causal(latent_decay='multiscale')
+  params = _init(causal, x)['params']
+  np.testing.assert_allclose(  # initial half-lives: 1 ... 256 chunks, spread over the latents
+      np.log(2) / np.exp(params['log_decay'][0, [0, -1]]), [1.0, 256.0], rtol=1e-5)
+  params = {**params, 'log_decay': jax.random.normal(jax.random.key(5), (H, M)) - 0.5}
+  _, inter = causal.apply({'params': params}, x, mutable=['intermediates'])
+  s_BKMD = inter['intermediates']['compressed'][0]
+  lam_HM = jnp.exp(params['log_decay'])
+  lat = jnp.broadcast_to(params['latents'], (B,) + params['latents'].shape)
+  for k in range(n // C):
+    end = (k + 1) * C
+    bias_HMS = -lam_HM[:, :, None] * (end - 1 - jnp.arange(end))[None, None] / C
+    ref = lat + _mha(params['compress'], _ln(params['ln_latents_compress'], lat),
+                     _ln(params['ln_tokens_compress'], x[:, :end]), bias_HTS=bias_HMS)
+    np.testing.assert_allclose(s_BKMD[:, k], ref, atol=1e-5, rtol=1e-5, err_msg=f'S_{k}')
+  grads = jax.grad(lambda p: causal.apply({'params': p}, x).sum())(params)
+  assert np.all(np.abs(np.asarray(grads['log_decay'])) > 0)  # every decay is learned
 
 
 def test_combine_is_associative_and_matches_softmax():

@@ -12,12 +12,16 @@ from latent_flax.attention import registry
 
 C = 4  # chunk size: a 19-token sequence crosses four chunk boundaries
 N = 19
-KINDS = [k for k in registry.names(causal=True) if registry.get(k).decode]
+# Every decoding kind, and the variants of one that change how its state evolves.
+KINDS = [k for k in registry.names(causal=True) if registry.get(k).decode] + [
+    'causal_latent:latent_decay=multiscale']
 
 
 def _model(kind, dtype='float32'):
+  kind, _, field = kind.partition(':')
+  extra = dict([field.split('=')]) if field else {}
   cfg = model_lib.ModelConfig(attention=kind, num_latents=4, num_heads=2, chunk_size=C,
-                              emb_dim=16, mlp_dim=32, num_layers=2, dtype=dtype)
+                              emb_dim=16, mlp_dim=32, num_layers=2, dtype=dtype, **extra)
   model = model_lib.build_model(cfg)
   tokens = jax.random.randint(jax.random.key(0), (2, N), 0, model_lib.VOCAB_SIZE)
   params = model.init(jax.random.key(1), tokens)['params']

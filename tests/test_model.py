@@ -93,6 +93,7 @@ def test_dropout_only_when_asked():
     ('num_latents', 0, 'num_latents=0 must be an integer >= 1'),
     ('num_heads', 3, 'emb_dim=128 is not divisible by num_heads=3'),
     ('chunk_size', 0, 'chunk_size=0 must be an integer >= 1'),
+    ('latent_decay', 'exp', "latent_decay='exp' is unknown; use one of ['none', 'multiscale']"),
     ('attention', 'linear', "attention='linear' is unknown"),
     ('attention', 'latent', 'would see tokens after t'),
     ('dtype', 'float16', "dtype='float16' is unknown"),

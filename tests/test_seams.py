@@ -70,8 +70,10 @@ def test_registry_answers_and_refuses_in_one_line():
   assert registry.names(bidirectional=True) == ['latent', 'full', 'mla']
   causal = registry.get('causal_latent')
   assert causal.has_latents and causal.decode == 'state' and causal.function_fields == (
-      'chunk_size',)
+      'chunk_size', 'latent_decay') and causal.shape_fields == ('latent_decay',)
   assert causal.label({'num_latents': 64, 'chunk_size': 128}) == 'causal_latent M=64 C=128'
+  assert causal.label({'num_latents': 64, 'chunk_size': 128, 'latent_decay': 'multiscale'}) == (
+      'causal_latent M=64 C=128 decay=multiscale')  # today's block ('none') is not named
   assert not registry.get('full').has_latents and registry.get('full').decode == 'cache'
   mla = registry.get('mla')
   assert not mla.has_latents and mla.decode == 'cache' and 'kv_lora_rank' in mla.shape_fields

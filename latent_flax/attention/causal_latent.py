@@ -6,6 +6,13 @@ one `jax.lax.associative_scan` over per-chunk online-softmax triples; step 2 is
 batched over the K = ceil(N / C) chunks. O(N*(M+C)*D + K*M*M*D) time and
 O(N*D + K*M*D) memory: no N x N matrix anywhere.
 
+Decay (`latent_decay='multiscale'`): each head's latent m weighs a token
+exp(-lambda_hm) less per chunk of distance from the end of the prefix (exp(-lambda_hm / C)
+per token), with lambda_hm learned and initialised to half-lives spread log-uniformly over
+1 ... MAX_HALF_LIFE_CHUNKS chunks: some latents summarise the last chunk or two sharply,
+others the whole past. The scan stays exact: an element also counts its chunks n, and
+combining a with b scales a's weights by exp(-lambda * n_b) (its max shifts by lambda*n_b).
+
 Positions: rotary embeddings on the in-chunk token-token part of step 3 only; the
 token query meets latent keys un-rotated and its chunk's keys rotated, in one softmax.
 
@@ -26,17 +33,27 @@ from latent_flax.attention.primitives import (NEG_INF, attend_two_parts, combine
                                               rotary_table, rotate)
 
 
+LATENT_DECAYS = ('none', 'multiscale')
+MAX_HALF_LIFE_CHUNKS = 256.0  # the slowest initial decay of 'multiscale', in chunks
+
+
 def chunk_softmax_triples(q_HMd: jax.Array, k_BKHCd: jax.Array, v_BKHCd: jax.Array,
-                          valid_BKC: jax.Array | None = None):
+                          valid_BKC: jax.Array | None = None,
+                          decay_HM: jax.Array | None = None):
   """Per chunk, the online-softmax triple of the latent queries over that chunk's tokens.
 
   Returns m_BKHM (max score), l_BKHM (sum of exp), o_BKHMd (exp-weighted values),
   all float32; invalid tokens contribute exactly nothing. The max is a constant
   for differentiation: softmax does not depend on the shift, so gradients are exact.
+  With `decay_HM` (lambda per chunk), token c of a chunk is weighed as seen from the
+  chunk's end: its score gets -lambda * (C - 1 - c) / C.
   """
+  C = k_BKHCd.shape[3]
   scale = q_HMd.shape[-1] ** -0.5
   s_BKHCM = jnp.einsum('bkhcd,hmd->bkhcm', k_BKHCd, q_HMd,
                        preferred_element_type=jnp.float32) * scale
+  if decay_HM is not None:
+    s_BKHCM = s_BKHCM - (decay_HM[:, None, :] * ((C - 1 - jnp.arange(C)) / C)[None, :, None])[None, None]
   if valid_BKC is not None:
     s_BKHCM = jnp.where(valid_BKC[:, :, None, :, None], s_BKHCM, NEG_INF)
   m_BKHM = jax.lax.stop_gradient(jnp.max(s_BKHCM, axis=3))
@@ -47,6 +64,25 @@ def chunk_softmax_triples(q_HMd: jax.Array, k_BKHCd: jax.Array, v_BKHCd: jax.Arr
   o_BKHMd = jnp.einsum('bkhcm,bkhcd->bkhmd', p_BKHCM, v_BKHCd,
                        preferred_element_type=jnp.float32)
   return m_BKHM, l_BKHM, o_BKHMd
+
+
+def prefix_scan(triples, decay_HM: jax.Array | None = None):
+  """Every prefix's triple along axis 1 (chunks): one associative scan.
+
+  With `decay_HM`, each prefix is weighed as seen from the end of its last chunk: an
+  element carries its chunk count n, and an older part is scaled by exp(-lambda * n_newer).
+  """
+  if decay_HM is None:
+    return jax.lax.associative_scan(combine_softmax_triples, triples, axis=1)
+
+  def combine(a, b):
+    m_a, l_a, o_a, n_a = a
+    merged = combine_softmax_triples((m_a - decay_HM[None, None] * b[3], l_a, o_a), b[:3])
+    return merged + (n_a + b[3],)
+
+  m = triples[0]
+  counts = jnp.ones(m.shape[:2] + (1, 1), jnp.float32)
+  return jax.lax.associative_scan(combine, tuple(triples) + (counts,), axis=1)[:3]
 
 
 class CausalLatentAttention(_LatentSteps):
@@ -64,9 +100,29 @@ class CausalLatentAttention(_LatentSteps):
   the length: the running compress triple of the prefix, the expand keys/values
   of R of the last finished chunk, and the keys/values of the current chunk.
   Step 2 runs once per finished chunk (under `nn.cond`), not once per token.
+  With a decay, the state's triple is weighed as seen from the end of the chunk that
+  holds position `index`.
   """
 
   chunk_size: int = 128
+  latent_decay: str = 'none'  # 'none' | 'multiscale' (module docstring)
+
+  @nn.nowrap
+  def _decay(self) -> jax.Array | None:
+    """lambda_HM > 0 (log-weight lost per chunk of distance), or None without decay."""
+    if self.latent_decay == 'none':
+      return None
+    if self.latent_decay not in LATENT_DECAYS:
+      raise ValueError(f"latent_decay={self.latent_decay!r}: use one of {list(LATENT_DECAYS)}.")
+
+    def init(key, shape, dtype):
+      del key
+      half_life_M = MAX_HALF_LIFE_CHUNKS ** jnp.linspace(0.0, 1.0, shape[1])
+      return jnp.broadcast_to(jnp.log(jnp.log(2.0) / half_life_M), shape).astype(dtype)
+
+    log_decay_HM = self.param('log_decay', init, (self.num_heads, self.num_latents),
+                              self.param_dtype)
+    return jnp.exp(log_decay_HM.astype(jnp.float32))
 
   @nn.compact
   def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
@@ -98,8 +154,10 @@ class CausalLatentAttention(_LatentSteps):
     latents_MD = self._latents(D)
     q_HMd = jnp.swapaxes(st['compress'].project_q(st['ln_latents_compress'](latents_MD)), 0, 1)
     k_BKCHd, v_BKCHd = st['compress'].project_kv(st['ln_tokens_compress'](x_BKCD))
-    triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), valid_BKC)
-    m_BKHM, l_BKHM, o_BKHMd = jax.lax.associative_scan(combine_softmax_triples, triples, axis=1)
+    decay_HM = self._decay()
+    triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), valid_BKC,
+                                    decay_HM)
+    m_BKHM, l_BKHM, o_BKHMd = prefix_scan(triples, decay_HM)
     attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
     s_BKMD = latents_MD[None, None] + st['drop'](st['compress'].project_out(attn_BKMHd),
                                                  deterministic=deterministic)
@@ -132,9 +190,12 @@ class CausalLatentAttention(_LatentSteps):
       in_chunk_C = jnp.arange(C) < rem  # all False when the last chunk is complete
       sin, cos = rotary_table(C, D // self.num_heads)
       k_rot_BHCd = rotate(k_loc_BKHCd[:, -1], sin[None, None], cos[None, None])
+      m_BHM = m_BKHM[:, -1]
+      if decay_HM is not None and rem == 0:  # seen from the end of the next (empty) chunk
+        m_BHM = m_BHM - decay_HM[None]
       self._write_state(
           index=jnp.asarray(N, jnp.int32), compress_q=q_HMd,
-          triple=(m_BKHM[:, -1], l_BKHM[:, -1], o_BKHMd[:, -1]),
+          triple=(m_BHM, l_BKHM[:, -1], o_BKHMd[:, -1]),
           latent_kv=(k_lat_BHMd, v_lat_BHMd),
           chunk_kv=(jnp.where(in_chunk_C[:, None], k_rot_BHCd, 0.0),
                     jnp.where(in_chunk_C[:, None], v_loc_BKHCd[:, -1], 0)))
@@ -164,10 +225,14 @@ class CausalLatentAttention(_LatentSteps):
 
     # Step 1: the state's prefix triple, then the new tokens chunk by chunk.
     k_BKCHd, v_BKCHd = st['compress'].project_kv(st['ln_tokens_compress'](x_BKCD))
-    triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), new_BKC)
-    triples = jax.lax.associative_scan(combine_softmax_triples, triples, axis=1)
-    m_BKHM, l_BKHM, o_BKHMd = combine_softmax_triples(
-        tuple(x[:, None] for x in self._read_state('m', 'l', 'o')), triples)
+    decay_HM = self._decay()
+    triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), new_BKC,
+                                    decay_HM)
+    triples = prefix_scan(triples, decay_HM)
+    m_state, l_state, o_state = (x[:, None] for x in self._read_state('m', 'l', 'o'))
+    if decay_HM is not None:  # the state is seen from the end of buffer chunk 0
+      m_state = m_state - decay_HM[None, None] * jnp.arange(K, dtype=jnp.float32)[None, :, None, None]
+    m_BKHM, l_BKHM, o_BKHMd = combine_softmax_triples((m_state, l_state, o_state), triples)
     latents_MD = self._latents(D)
     attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
     s_BKMD = latents_MD[None, None] + st['compress'].project_out(attn_BKMHd)
@@ -246,6 +311,9 @@ class CausalLatentAttention(_LatentSteps):
     k_B1Hd, v_B1Hd = st['compress'].project_kv(st['ln_tokens_compress'](x_B1D))
     s_BHM = jnp.einsum('bhd,hmd->bhm', k_B1Hd[:, 0], q_HMd,
                        preferred_element_type=jnp.float32) * scale
+    decay_HM = self._decay()
+    if decay_HM is not None:  # seen from the end of this chunk
+      s_BHM = s_BHM - decay_HM[None] * ((C - 1 - j) / C)
     v_BHMd = jnp.broadcast_to(v_B1Hd[:, 0, :, None, :].astype(jnp.float32), (B, H) + q_HMd.shape[1:])
     triple = combine_softmax_triples(tuple(self._read_state('m', 'l', 'o')),
                                       (s_BHM, jnp.ones_like(s_BHM), v_BHMd))
@@ -283,6 +351,10 @@ class CausalLatentAttention(_LatentSteps):
     chunk_k, chunk_v = self._read_state('chunk_k', 'chunk_v')
     self._write_state(latent_kv=self._expand_kv_of_latents(st, r_BMD),
                       chunk_kv=(jnp.zeros_like(chunk_k), jnp.zeros_like(chunk_v)))
+    decay_HM = self._decay()
+    if decay_HM is not None:  # the next token opens a chunk: its end is C tokens later
+      m_BHM, = self._read_state('m')
+      self.put_variable('cache', 'm', m_BHM - decay_HM[None])
 
 
 def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,

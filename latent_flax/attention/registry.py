@@ -16,16 +16,18 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from latent_flax.attention.causal_latent import CausalLatentAttention
+from latent_flax.attention.causal_latent import LATENT_DECAYS, CausalLatentAttention
 from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
 from latent_flax.attention.mla import DECODE_PATHS, MultiHeadLatentAttention
 
 # How a report abbreviates the fields kinds read (the rest are printed by name).
 # '' leaves a field out of labels (it changes how, not what, is computed).
+# QUIET_VALUES: a field at this value (today's block) is left out of labels too.
+QUIET_VALUES = {'latent_decay': 'none'}
 FIELD_LABELS = {'num_latents': 'M', 'chunk_size': 'C', 'attention_impl': '', 'mla_decode': '',
                 'kv_lora_rank': 'd_c', 'q_lora_rank': "d_c'", 'rope_head_dim': 'd_R',
-                'head_dim': 'd_h', 'v_head_dim': 'd_v'}
+                'head_dim': 'd_h', 'v_head_dim': 'd_v', 'latent_decay': 'decay'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +68,10 @@ class AttentionKind:
   def label(self, cfg: Any, without: tuple[str, ...] = ()) -> str:
     """'causal_latent M=64 C=128', 'full': how tables and plots name a model (leaving out
     the fields `without`, which a table may show in columns of their own)."""
-    parts = [f"{FIELD_LABELS.get(f, f)}={v}" for f, v in self.field_values(cfg).items()
-             if FIELD_LABELS.get(f, f) and f not in without]
+    quiet = lambda f, v: f in QUIET_VALUES and v in (None, QUIET_VALUES[f])  # None: a
+    parts = [f"{FIELD_LABELS.get(f, f)}={v}"                               # config saved
+             for f, v in self.field_values(cfg).items()                    # before f
+             if FIELD_LABELS.get(f, f) and f not in without and not quiet(f, v)]
     return ' '.join([self.name] + parts)
 
 
@@ -149,6 +153,12 @@ def _validate_mla(cfg) -> None:
                      f"{list(DECODE_PATHS)}.")
 
 
+def _validate_causal_latent(cfg) -> None:
+  if cfg.latent_decay not in LATENT_DECAYS:
+    raise ValueError(f"config.model.latent_decay={cfg.latent_decay!r} is unknown; use one of "
+                     f"{list(LATENT_DECAYS)}.")
+
+
 def _full_flops(cfg, n: int) -> float:
   d = cfg.emb_dim
   return 2 * n * 4 * d * d + 2 * 2 * n * (n / 2) * d  # projections; causal scores and values
@@ -161,11 +171,14 @@ register(AttentionKind(
     flops=_latent_flops))
 register(AttentionKind(
     name='causal_latent', causal=True, bidirectional=False,
-    fields=('num_latents', 'chunk_size'), function_fields=('chunk_size',), decode='state',
+    fields=('num_latents', 'chunk_size', 'latent_decay'),
+    function_fields=('chunk_size', 'latent_decay'), shape_fields=('latent_decay',),
+    decode='state',
     build=lambda cfg, causal, **common: CausalLatentAttention(
-        num_latents=cfg.num_latents, chunk_size=cfg.chunk_size, **common),
+        num_latents=cfg.num_latents, chunk_size=cfg.chunk_size, latent_decay=cfg.latent_decay,
+        **common),
     summary='chunked causal latent block: O(N*(M+C)*D), fixed-size decoding state',
-    flops=_causal_latent_flops))
+    flops=_causal_latent_flops, validate=_validate_causal_latent))
 register(AttentionKind(
     name='full', causal=True, bidirectional=True, decode='cache', fields=('attention_impl',),
     build=lambda cfg, causal, **common: FullAttention(causal=causal, impl=cfg.attention_impl,
