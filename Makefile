@@ -1,5 +1,9 @@
 # `make train` and `make test` work on a fresh machine: they create .venv first.
-PYTHON ?= python3
+# Python 3.12: `python3.12` where it runs, else pyenv's 3.12 (this machine image has it).
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+  $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo $$p; break; }; done)
+# The PyTorch reference (benchmarks/peers.py) uses the local CPU wheel, built for 3.11.
+TORCH_PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/m64
@@ -11,12 +15,24 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # per core up to 4: on 2 cores the suite (183 tests) took 12 min 39 s on 2026-12-02.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
-.PHONY: setup train eval test bench peers peers-venv
+.PHONY: setup lock train eval test bench peers peers-venv
 
-$(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+# requirements.lock pins every distribution of the tested environment; `make lock`
+# rebuilds it from requirements.txt (the direct dependencies).
+$(VENV)/.installed: requirements.lock
+	@test -n "$(PYTHON)" || { echo "make: Python 3.12 not found; run with PYTHON=/path/to/python3.12"; exit 1; }
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip check -q
 	touch $@
+
+lock:
+	@test -n "$(PYTHON)" || { echo "make: Python 3.12 not found; run with PYTHON=/path/to/python3.12"; exit 1; }
+	$(PYTHON) -m venv --clear .venv-lock
+	.venv-lock/bin/pip install -q -r requirements.txt
+	{ echo "# Every distribution \`make setup\` installs (from requirements.txt by \`make lock\`)."; \
+	  .venv-lock/bin/pip freeze --all --exclude pip; } > requirements.lock
+	rm -rf .venv-lock
 
 setup: $(VENV)/.installed
 
@@ -36,7 +52,7 @@ bench: setup
 # file); torch is never a dependency of the project or its tests.
 peers-venv: .venv-torch/.installed
 .venv-torch/.installed:
-	$(PYTHON) -m venv .venv-torch
+	$(TORCH_PYTHON) -m venv .venv-torch
 	.venv-torch/bin/pip install -q torch==2.13.0 numpy
 	touch $@
 

@@ -43,22 +43,24 @@ def runs(workdir: str) -> list[str]:
                 if os.path.exists(os.path.join(workdir, d, 'config.json')))
 
 
-def evaluate(run_dir: str, length: int, segment: int) -> dict:
+def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents') -> dict:
   config = config_lib.load_saved_config(run_dir)
   kind = registry.get(config.model.attention)
   stream = segment if kind.decode and length > config.data.seq_len else None
   t0 = time.perf_counter()
   r = eval_lib.evaluate_checkpoint(run_dir, None, num_eval_steps=0, seq_len=length,
-                                   windows='documents', stream_segment=stream)
+                                   windows=windows, stream_segment=stream)
   return {'run': os.path.basename(run_dir), 'label': kind.label(config.model),
           'length': length, 'stream_segment': stream, 'documents': r['tokens'] // length,
+          'windows': windows,
           'bits_per_byte': r['bits_per_byte'], 'bits_by_context': r['bits_by_context'],
           'seconds': time.perf_counter() - t0, 'peak_rss_mb': io_utils.peak_rss_mb(),
           'step': r['step']}
 
 
-def evaluate_restarted(run_dir: str, length: int, every: int) -> dict:
-  """The control: the same documents and positions, but the model restarts every `every`
+def evaluate_restarted(run_dir: str, length: int, every: int,
+                       windows: str = 'documents') -> dict:
+  """The control: the same windows and positions, but the model restarts every `every`
   bytes (position p sees only the p mod `every` bytes before it in its piece), so any
   gain of the streamed evaluation over this one is what the longer context bought."""
   import jax
@@ -69,8 +71,10 @@ def evaluate_restarted(run_dir: str, length: int, every: int) -> dict:
   kind = registry.get(config.model.attention)
   model = model_lib.build_model(config.model)
   params = checkpoint.restore_workdir(run_dir, config, model, None, params_only=True).params
-  docs = [np.frombuffer(d[:length + 1], np.uint8).astype(np.int32)
-          for d in tasks.corpus.load_documents(config.data, 'validation') if len(d) > length]
+  data_config = eval_lib.evaluation_config(config, seq_len=length, windows=windows).data
+  source = tasks.get(data_config.name).load(data_config, 'validation')
+  docs = [np.concatenate([w['inputs'][0], w['targets'][0, -1:]])
+          for w in map(source.get, ([i] for i in range(source.num_windows)))]
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
   loss_by_pos, t0 = np.zeros(length), time.perf_counter()
   for doc in docs:
@@ -82,7 +86,7 @@ def evaluate_restarted(run_dir: str, length: int, every: int) -> dict:
   octaves = evaluation.bits_by_context(loss_by_pos, np.full(length, float(len(docs))))
   return {'run': os.path.basename(run_dir) + f' restart {every}',
           'label': f'{kind.label(config.model)}, context reset every {every:,}',
-          'length': length, 'stream_segment': None, 'documents': len(docs),
+          'length': length, 'stream_segment': None, 'documents': len(docs), 'windows': windows,
           'bits_per_byte': float(loss_by_pos.sum() / len(docs) / length / evaluation.LN2),
           'bits_by_context': octaves, 'seconds': time.perf_counter() - t0,
           'peak_rss_mb': io_utils.peak_rss_mb(), 'step': None}
@@ -167,7 +171,8 @@ def plot(records: list[dict], lengths: list[int], path: str) -> None:
               color=colors[r['label'].split(', context reset')[0]])
     ax.axvline(4096, color='grey', lw=0.8, ls=':')
     ax.set_xscale('log', base=2)
-    ax.set_title(f'documents read to {length:,} bytes', fontsize=9)
+    what = 'windows' if any(r.get('windows') == 'stream' for r in records) else 'documents'
+    ax.set_title(f'{what} read to {length:,} bytes', fontsize=9)
     ax.set_xlabel('bytes of context')
     ax.grid(True, which='both', alpha=0.3)
   axes[0][0].set_ylabel('bits per byte')
@@ -233,6 +238,8 @@ def main() -> None:
   ap.add_argument('--restart_every', default='',
                   help='also the controls: the model restarted every this many bytes '
                        '(comma-separated)')
+  ap.add_argument('--windows', default='documents', choices=['documents', 'stream'],
+                  help="'stream': windows cut from the joined split, as in training")
   ap.add_argument('--out', default='docs/long_context')
   ap.add_argument('--report_only', action='store_true', help='draw and tabulate the JSON only')
   args = ap.parse_args()
@@ -247,11 +254,12 @@ def main() -> None:
     for name in names:
       run_dir = os.path.join(args.workdir, name)
       if (name, length) not in done:
-        _record(evaluate(run_dir, length, args.segment), records, path, args)
+        _record(evaluate(run_dir, length, args.segment, args.windows), records, path, args)
       for every in restarts:
         control = f'{name} restart {every}'
         if length > every and (control, length) not in done:
-          _record(evaluate_restarted(run_dir, length, every), records, path, args)
+          _record(evaluate_restarted(run_dir, length, every, args.windows), records, path,
+                  args)
   lengths = sorted({r['length'] for r in records} | set(lengths))
   plot(records, lengths, os.path.join(args.out, 'bits_by_context.png'))
   if gains(records):

@@ -10,6 +10,8 @@ highest accuracy), tracked across resumes because its metrics are saved with it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any, NamedTuple
 
@@ -19,6 +21,26 @@ import orbax.checkpoint as ocp
 
 from latent_flax import steps
 from latent_flax import tasks
+
+
+class _DropReadOnlyNotices(logging.Filter):
+  """Orbax's notices that a read-only manager is read-only (eval.py, generate.py)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (record.levelno <= logging.WARNING
+                and ('read_only' in message or 'read only' in message))
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+  handler_filter = _DropReadOnlyNotices()
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addFilter(handler_filter)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(handler_filter)
 
 
 def manager(workdir: str, config: ml_collections.ConfigDict, *,
@@ -37,11 +59,13 @@ def manager(workdir: str, config: ml_collections.ConfigDict, *,
       # best_fn makes the manager write each step's metrics beside it (and read them
       # back on resume), so the best checkpoint survives restarts; best_step() uses it.
       best_fn=lambda m: m[metric], best_mode='min' if task.lower_is_better else 'max',
-      cleanup_tmp_directories=not read_only, enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                               options=options,
-                               item_handlers={'state': ocp.StandardCheckpointHandler(),
-                                              'data': ocp.JsonCheckpointHandler()})
+      cleanup_tmp_directories=not read_only, enable_async_checkpointing=not read_only,
+      save_interval_steps=0 if read_only else 1)
+  with _quiet_read_only():
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
+                                 options=options,
+                                 item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                                'data': ocp.JsonCheckpointHandler()})
 
 
 def abstract_state(model, config, sharding) -> steps.TrainState:
@@ -164,10 +188,12 @@ def _still_saved(workdir: str, config, step: int) -> bool:
 
 def _restore_params(workdir: str, step: int, target: steps.TrainState) -> Restored:
   """The parameters of `step` alone (a partial restore: no optimizer state is read)."""
-  params_mngr = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_handlers={'state': ocp.PyTreeCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()})
+  with _quiet_read_only():
+    params_mngr = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, 'checkpoints')),
+        options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),
+        item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler()})
   item = {'params': target.params}
   try:
     restored = params_mngr.restore(step, args=ocp.args.Composite(

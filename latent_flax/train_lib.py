@@ -3,7 +3,7 @@
 The pieces: optim.py (optimizer), steps.py (state and step functions), parallel.py
 (pmap or jit placement), checkpoint.py (Orbax, resumed automatically from the
 workdir), evaluation.py with the task (tasks/) deciding what is evaluated.
-Metrics go to TensorBoard (clu), `metrics.jsonl` and the console.
+Metrics go to TensorBoard (metric_writer.py, no TensorFlow), `metrics.jsonl` and the console.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 import numpy as np
-from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from latent_flax import checkpoint, config_lib, evaluation, io_utils, steps, tasks, workdir_lock
+from latent_flax import (checkpoint, config_lib, evaluation, io_utils, metric_writer, steps, tasks,
+                         workdir_lock)
 from latent_flax import data as data_lib
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
@@ -160,13 +160,11 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   train_iter = data_lib.TrainIterator(train_source, global_batch, config.seed,
                                       process_index=proc, process_count=n_proc, position=position)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   if start_step == 0:
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep='.').items() if isinstance(v, (int, float, str, bool))})
   log = MetricsLog(workdir, start_step, enabled=is_chief)
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer,
-                                           every_secs=None, every_steps=config.log_every_steps)
   tokens_per_step = global_batch * config.data.seq_len
   label = attention_registry.get(config.model.attention).label(config.model)
   say(f"Training {label} (H={config.model.num_heads}, {num_params:,} params) "
@@ -205,7 +203,6 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
       stopping = _any_process(stop.signal is not None)
       is_ckpt = (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
                  or stopping)
-      report(step, time.time())
       if not (is_log or is_eval or is_ckpt):
         continue
       host = parallel.first(metrics)

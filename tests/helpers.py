@@ -52,9 +52,12 @@ def write_config_module(tmp_path, attention='causal_latent', **overrides) -> str
 
 
 def subprocess_env(devices: int = 4) -> dict:
-  """Environment for a child python: repo importable, `devices` CPU devices, quiet TF."""
-  return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  """Environment for a child python: repo importable, `devices` CPU devices, the logging
+  defaults a user has (no TF_CPP_MIN_LOG_LEVEL)."""
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  return env
 
 
 CHILD_ENV = {}  # set for the session by conftest.py: a shared JAX compilation cache

@@ -52,3 +52,16 @@ def test_a_plain_python_entry_point_gets_huge_pages(tmp_path):
   assert run({**base_env, 'LF_NO_HUGEPAGES': '1'})[1] == 'None'
   assert run({**base_env, 'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'})[1] == (
       'glibc.malloc.arena_max=2')
+
+
+def test_train_eval_generate_import_no_tensorflow_and_print_no_foreign_warnings(children,
+                                                                                 tmp_path):
+  config_path, workdir = write_config_module(tmp_path), str(tmp_path / 'run')
+  for argv in (train_argv(config_path, workdir), ['eval.py', f'--workdir={workdir}'],
+               ['generate.py', f'--workdir={workdir}', '--prompt=ab', '--max_new_tokens=4']):
+    child = children(['-m', 'tests.entry_points_probe'] + argv)
+    assert child.finish() == 0, (argv[0], child.lines[-10:])
+    assert 'PROBE tensorflow modules: []' in child.lines, (argv[0], child.lines[-3:])
+    # Nothing but our own lines: no warnings or notices of the libraries underneath.
+    foreign = [l for l in child.lines if re.search(r'(?i)warn|onednn|deprecat|^[IWE]\d{4} ', l)]
+    assert not foreign, (argv[0], foreign[:5])

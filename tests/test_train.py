@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
 
 from latent_flax import data as data_lib
 from latent_flax import decode, eval_lib, train_lib
@@ -37,7 +39,16 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert short['step'] == 5
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '5']
   assert os.path.exists(os.path.join(workdir, 'config.json'))
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  # TensorBoard: the logged scalars by step (once each) and the config's hparams.
+  events = [e for f in sorted(os.listdir(workdir)) if f.startswith('events.out.tfevents')
+            for e in map(Event.FromString, RawEventFileLoader(os.path.join(workdir, f)).Load())]
+  scalars = [(e.step, v.tag, v.simple_value) for e in events for v in e.summary.value
+             if v.HasField('simple_value')]
+  losses = {step: x for step, tag, x in scalars if tag == 'train_loss'}
+  assert losses == pytest.approx({m['step']: m['train_loss'] for m in read_metrics(workdir)
+                                  if 'train_loss' in m}, rel=1e-6)
+  assert sum(tag == 'steps_per_sec' for _, tag, _ in scalars) == len(losses)
+  assert any(v.tag == '_hparams_/session_start_info' for e in events for v in e.summary.value)
 
   resumed = train_lib.train_and_evaluate(config, workdir)  # resumes from step 5
   assert resumed['step'] == 9

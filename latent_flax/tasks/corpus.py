@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from latent_flax import data as data_lib
-from latent_flax.tasks import registry
+from latent_flax.tasks import registry, tfds_source
 
 # How evaluation cuts a split: 'stream', windows at stride seq_len over the documents
 # joined (a window may hold the end of one and the start of the next); 'documents', the
@@ -98,7 +98,7 @@ def stdlib_builder_class():
   class PythonStdlib(tfds.core.GeneratorBasedBuilder):
     """Python standard library sources of the running interpreter, one example per file."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('1.1.0')  # 1.1.0: written as ArrayRecord
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(
         name=version_tag, description=f'Python {sys.version.split()[0]} stdlib sources')]
 
@@ -150,16 +150,13 @@ def _load_stdlib_long(data_config, split: str) -> list[bytes]:
 
 
 def _load_stdlib(data_config, split: str, with_paths: bool = False) -> list:
-  builder = stdlib_builder_class()(data_dir=_tfds_data_dir(data_config))
-  if not builder.is_prepared():
-    print(f"Preparing the built-in corpus (Python stdlib sources) into {builder.data_dir} "
-          "once; later runs reuse it.", flush=True)
-    builder.download_and_prepare()
-  ds = builder.as_dataset(split=split)
-  import tensorflow_datasets as tfds
+  builder = tfds_source.prepared(stdlib_builder_class(), 'the built-in corpus (Python stdlib '
+                                 'sources)', data_dir=_tfds_data_dir(data_config))
+  # Sorted by path: the order does not depend on how tfds shuffled the files on write.
+  examples = sorted(tfds_source.examples(builder, split), key=lambda e: e['path'])
   if not with_paths:
-    return _docs_from_tfds(tfds.as_numpy(ds), 'text')
-  return [(e['path'].decode('utf-8'), e['text']) for e in tfds.as_numpy(ds)]
+    return _docs_from_tfds(examples, 'text')
+  return [(e['path'].decode('utf-8'), e['text']) for e in examples]
 
 
 def _load_text_files(data_config, split: str) -> np.ndarray:
@@ -193,31 +190,19 @@ def _load_text_files(data_config, split: str) -> np.ndarray:
   return docs
 
 
-def _load_catalog(data_config, split: str) -> np.ndarray:
-  import tensorflow_datasets as tfds
+def _load_catalog(data_config, split: str) -> list[bytes]:
   name = data_config.name[len('tfds:'):]
-  if name not in tfds.list_builders(with_community_datasets=False):
-    raise ValueError(f"config.data.name={data_config.name!r}: no tfds dataset named {name!r}; "
-                     "see `tfds.list_builders()` (e.g. 'tfds:tiny_shakespeare').")
-  builder = tfds.builder(name, data_dir=_tfds_data_dir(data_config))
+  builder = tfds_source.catalog_builder(name, _tfds_data_dir(data_config))
   splits = builder.info.splits
   tfds_split = split
   if split == 'validation' and 'validation' not in splits and 'test' in splits:
     tfds_split = 'test'
-  try:
-    ds = tfds.load(name, split=tfds_split, data_dir=_tfds_data_dir(data_config), download=False)
-  except Exception as e:  # tfds raises several types for "not prepared here".
-    raise ValueError(
-        f"tfds dataset {name!r} split {tfds_split!r} is not prepared in "
-        f"{builder.data_dir!r} and this machine cannot download: build it with "
-        f"`tfds build {name} --data_dir=...` where there is network, then set "
-        f"config.data.data_dir. ({type(e).__name__})") from None
   key = data_config.get('text_key') or 'text'
   spec = builder.info.features
   if key not in spec:
     raise ValueError(f"config.data.text_key={key!r} is not a feature of {name!r}; "
                      f"it has {sorted(spec.keys())}.")
-  return _docs_from_tfds(tfds.as_numpy(ds), key)
+  return _docs_from_tfds(tfds_source.catalog_examples(builder, tfds_split), key)
 
 
 @functools.lru_cache(maxsize=8)

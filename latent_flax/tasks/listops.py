@@ -26,7 +26,7 @@ import random
 import numpy as np
 
 from latent_flax import data
-from latent_flax.tasks import registry
+from latent_flax.tasks import registry, tfds_source
 
 NUM_CLASSES = 10
 MAX_DEPTH = 10
@@ -120,7 +120,7 @@ def builder_class():
   class ListOps(tfds.core.GeneratorBasedBuilder):
     """ListOps expressions generated from a seed (no download)."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('1.1.0')  # 1.1.0: written as ArrayRecord
 
     def __init__(self, *, params: dict, **kwargs):
       self._params = params
@@ -166,14 +166,9 @@ def load(data_config, split: str) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=6)
 def _load(params: tuple, seq_len: int, data_dir: str | None, split: str):
-  import tensorflow_datasets as tfds
-  builder = builder_class()(params=dict(params), data_dir=data_dir)
-  if not builder.is_prepared():
-    print(f"Generating ListOps ({builder.builder_config.name}) into {builder.data_dir} once; "
-          "later runs reuse it.", flush=True)
-    builder.download_and_prepare()
-  examples = sorted(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)),
-                    key=lambda e: e['index'])
+  builder = tfds_source.prepared(builder_class(), 'ListOps', params=dict(params),
+                                 data_dir=data_dir)
+  examples = sorted(tfds_source.examples(builder, split), key=lambda e: e['index'])
   inputs = np.zeros((len(examples), seq_len), np.int32)
   for i, e in enumerate(examples):
     inputs[i, :len(e['tokens'])] = e['tokens']

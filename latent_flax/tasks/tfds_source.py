@@ -1,0 +1,58 @@
+"""Local tfds builders and catalog datasets read as ArrayRecord data sources: no TensorFlow.
+
+tfds writes and reads ArrayRecord files without TensorFlow (`as_data_source()`: random
+access by index, examples as numpy); TFRecord files need tf.data. The built-in builders
+(the stdlib corpus, ListOps) are prepared once as ArrayRecord; a catalog dataset must have
+been prepared in that format where there is network.
+"""
+
+from __future__ import annotations
+
+FILE_FORMAT = 'array_record'
+
+
+def prepared(builder_cls, what: str, **kwargs):
+  """An instance of a local builder, prepared once (as ArrayRecord) if it is not yet."""
+  builder = builder_cls(file_format=FILE_FORMAT, **kwargs)
+  if not builder.is_prepared():
+    import tensorflow_datasets as tfds
+    print(f"Preparing {what} into {builder.data_dir} once; later runs reuse it.", flush=True)
+    tfds.disable_progress_bar()  # the line above says what happens
+    builder.download_and_prepare()
+  return builder
+
+
+def examples(builder, split: str) -> list[dict]:
+  """Every example of `split`, in the files' order, as dicts of numpy values / bytes."""
+  source = builder.as_data_source(split=split)
+  return [source[i] for i in range(len(source))]
+
+
+def catalog_builder(name: str, data_dir: str | None):
+  """A catalog dataset prepared here as ArrayRecord, or one line saying how to prepare it."""
+  import tensorflow_datasets as tfds
+  if name not in tfds.list_builders(with_community_datasets=False):
+    raise ValueError(f"config.data.name='tfds:{name}': no tfds dataset named {name!r}; "
+                     "see `tfds.list_builders()` (e.g. 'tfds:tiny_shakespeare').")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # tfds raises several types for "not prepared here".
+    raise ValueError(f"tfds dataset {name!r} is not prepared here ({type(e).__name__}): where "
+                     f"there is network, run `tfds build {name} --file_format={FILE_FORMAT}` "
+                     "and set config.data.data_dir.") from None
+  return builder
+
+
+def catalog_examples(builder, split: str) -> list[dict]:
+  """examples() of a catalog dataset, or one line saying how to prepare it here."""
+  try:
+    return examples(builder, split)
+  except Exception as e:  # tfds raises several types for "not prepared here".
+    file_format = getattr(builder.info.file_format, 'value', builder.info.file_format)
+    why = (f"is {file_format}, which needs TensorFlow to read" if builder.is_prepared()
+           and file_format != FILE_FORMAT else
+           f"is not prepared and this machine cannot download ({type(e).__name__})")
+    raise ValueError(
+        f"tfds dataset {builder.name!r} split {split!r} in {builder.data_dir!r} {why}: where "
+        f"there is network, run `tfds build {builder.name} --file_format={FILE_FORMAT}` and set "
+        "config.data.data_dir.") from None
