@@ -146,7 +146,7 @@ def plot_gains(rows: list[dict], path: str) -> None:
     ax.axvline(4096, color='grey', lw=0.8, ls=':')
     ax.set_xscale('log', base=2)
     ax.set_xlabel('bytes of context')
-    ax.set_ylabel(f'bits/byte saved over the model restarted every {every:,} bytes')
+    ax.set_ylabel(f'bits/byte saved over the model\nrestarted every {every:,} bytes')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.02, 0.5))
   fig.suptitle('What the context beyond the last restart buys, by position '
