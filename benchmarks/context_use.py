@@ -73,8 +73,8 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
   params = checkpoint.restore_workdir(run_dir, config, model, None, params_only=True).params
   data_config = eval_lib.evaluation_config(config, seq_len=length, windows=windows).data
   source = tasks.get(data_config.name).load(data_config, 'validation')
-  docs = [np.concatenate([w['inputs'][0], w['targets'][0, -1:]])
-          for w in map(source.get, ([i] for i in range(source.num_windows)))]
+  windows = source.get(np.arange(source.num_windows))
+  docs = np.concatenate([windows['inputs'], windows['targets'][:, -1:]], axis=1)
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
   loss_by_pos, t0 = np.zeros(length), time.perf_counter()
   for doc in docs:

@@ -53,7 +53,8 @@ def chunk_softmax_triples(q_HMd: jax.Array, k_BKHCd: jax.Array, v_BKHCd: jax.Arr
   s_BKHCM = jnp.einsum('bkhcd,hmd->bkhcm', k_BKHCd, q_HMd,
                        preferred_element_type=jnp.float32) * scale
   if decay_HM is not None:
-    s_BKHCM = s_BKHCM - (decay_HM[:, None, :] * ((C - 1 - jnp.arange(C)) / C)[None, :, None])[None, None]
+    distance_C = (C - 1 - jnp.arange(C)) / C  # in chunks, to the chunk's last token
+    s_BKHCM = s_BKHCM - (decay_HM[:, None, :] * distance_C[None, :, None])[None, None]
   if valid_BKC is not None:
     s_BKHCM = jnp.where(valid_BKC[:, :, None, :, None], s_BKHCM, NEG_INF)
   m_BKHM = jax.lax.stop_gradient(jnp.max(s_BKHCM, axis=3))
@@ -231,7 +232,8 @@ class CausalLatentAttention(_LatentSteps):
     triples = prefix_scan(triples, decay_HM)
     m_state, l_state, o_state = (x[:, None] for x in self._read_state('m', 'l', 'o'))
     if decay_HM is not None:  # the state is seen from the end of buffer chunk 0
-      m_state = m_state - decay_HM[None, None] * jnp.arange(K, dtype=jnp.float32)[None, :, None, None]
+      chunks_K = jnp.arange(K, dtype=jnp.float32)
+      m_state = m_state - decay_HM[None, None] * chunks_K[None, :, None, None]
     m_BKHM, l_BKHM, o_BKHMd = combine_softmax_triples((m_state, l_state, o_state), triples)
     latents_MD = self._latents(D)
     attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)

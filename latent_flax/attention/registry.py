@@ -68,9 +68,9 @@ class AttentionKind:
   def label(self, cfg: Any, without: tuple[str, ...] = ()) -> str:
     """'causal_latent M=64 C=128', 'full': how tables and plots name a model (leaving out
     the fields `without`, which a table may show in columns of their own)."""
-    quiet = lambda f, v: f in QUIET_VALUES and v in (None, QUIET_VALUES[f])  # None: a
-    parts = [f"{FIELD_LABELS.get(f, f)}={v}"                               # config saved
-             for f, v in self.field_values(cfg).items()                    # before f
+    # None: a config saved before the field existed, so at today's value.
+    quiet = lambda f, v: f in QUIET_VALUES and v in (None, QUIET_VALUES[f])
+    parts = [f"{FIELD_LABELS.get(f, f)}={v}" for f, v in self.field_values(cfg).items()
              if FIELD_LABELS.get(f, f) and f not in without and not quiet(f, v)]
     return ' '.join([self.name] + parts)
 

@@ -28,8 +28,14 @@ def examples(builder, split: str) -> list[dict]:
   return [source[i] for i in range(len(source))]
 
 
+def _how_to_prepare(name: str) -> str:
+  return (f"where there is network, run `tfds build {name} --file_format={FILE_FORMAT}` and "
+          "set config.data.data_dir")
+
+
 def catalog_builder(name: str, data_dir: str | None):
-  """A catalog dataset prepared here as ArrayRecord, or one line saying how to prepare it."""
+  """The builder of a catalog dataset, or one line naming the dataset that does not exist
+  (whether it is prepared, and as ArrayRecord, is catalog_examples' question)."""
   import tensorflow_datasets as tfds
   if name not in tfds.list_builders(with_community_datasets=False):
     raise ValueError(f"config.data.name='tfds:{name}': no tfds dataset named {name!r}; "
@@ -37,9 +43,8 @@ def catalog_builder(name: str, data_dir: str | None):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises several types for "not prepared here".
-    raise ValueError(f"tfds dataset {name!r} is not prepared here ({type(e).__name__}): where "
-                     f"there is network, run `tfds build {name} --file_format={FILE_FORMAT}` "
-                     "and set config.data.data_dir.") from None
+    raise ValueError(f"tfds dataset {name!r} is not prepared here ({type(e).__name__}): "
+                     f"{_how_to_prepare(name)}.") from None
   return builder
 
 
@@ -52,7 +57,5 @@ def catalog_examples(builder, split: str) -> list[dict]:
     why = (f"is {file_format}, which needs TensorFlow to read" if builder.is_prepared()
            and file_format != FILE_FORMAT else
            f"is not prepared and this machine cannot download ({type(e).__name__})")
-    raise ValueError(
-        f"tfds dataset {builder.name!r} split {split!r} in {builder.data_dir!r} {why}: where "
-        f"there is network, run `tfds build {builder.name} --file_format={FILE_FORMAT}` and set "
-        "config.data.data_dir.") from None
+    raise ValueError(f"tfds dataset {builder.name!r} split {split!r} in {builder.data_dir!r} "
+                     f"{why}: {_how_to_prepare(builder.name)}.") from None
