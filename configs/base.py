@@ -22,6 +22,8 @@ def data_config() -> ml_collections.ConfigDict:
   d.text_key = 'text'            # feature holding the text for 'tfds:' datasets
   d.seq_len = 512                # tokens (bytes) per training window
   d.data_dir = ''                # tfds data dir ('' = the tfds default, ~/tensorflow_datasets)
+  d.cache_dir = ''               # corpora: where splits are prepared into byte files ('' =
+                                 # $LATENT_FLAX_CACHE, else ~/.cache/latent_flax)
   d.min_document_bytes = 0       # corpora: leave out shorter documents (32768: long files only)
   d.eval_windows = 'stream'      # corpora: 'stream' (windows over the joined split) or
                                  # 'documents' (each document's first seq_len bytes)

@@ -12,7 +12,10 @@ Training order: global sample s of the stream is window perm_e[s mod W] with
 e = s // W and perm_e a permutation seeded by (seed, e). Batch b holds samples
 b*G .. b*G+G-1 (G the global batch); process p materialises only its rows. So the
 iterator position is one integer (batches consumed), resuming is exact, and the
-stream is the same for any number of processes.
+stream is the same for any number of processes. perm_e(i) is computed per sample by
+grain's index_shuffle (a block cipher over [0, W)): no memory grows with W. Runs begun
+before 2026-12-02 drew perm_e whole with numpy (`shuffle='numpy'`, kept so they resume
+on the same stream; their saved data state has no 'shuffle').
 """
 
 from __future__ import annotations
@@ -86,24 +89,43 @@ class Examples:
     return {k: v[ids] for k, v in self.arrays.items()}
 
 
+SHUFFLES = ('index_shuffle', 'numpy')
+SHUFFLE_ROUNDS = 8  # of index_shuffle's cipher (an even number >= 4)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """A 32-bit seed per (seed, epoch), as index_shuffle takes."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 class TrainIterator(Iterator[dict]):
   """Endless shuffled batches; `position` (batches consumed) is the whole state."""
 
   def __init__(self, windows: Windows | Examples, global_batch: int, seed: int, *,
-               process_index: int = 0, process_count: int = 1, position: int = 0):
+               process_index: int = 0, process_count: int = 1, position: int = 0,
+               shuffle: str = 'index_shuffle'):
     if global_batch % process_count:
       raise ValueError(f"global batch {global_batch} does not split over {process_count} processes.")
+    if shuffle not in SHUFFLES:
+      raise ValueError(f"shuffle={shuffle!r} is unknown; use one of {list(SHUFFLES)}.")
     self.windows, self.global_batch, self.seed = windows, global_batch, seed
     self.local_batch = global_batch // process_count
     self.row0 = process_index * self.local_batch
-    self.position = position
+    self.position, self.shuffle = position, shuffle
     self._perms: dict[int, np.ndarray] = {}
 
-  def _perm(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(
-          self.windows.num_windows)}
-    return self._perms[epoch]
+  def _permuted(self, epoch: int, indices: np.ndarray) -> np.ndarray:
+    w = self.windows.num_windows
+    if self.shuffle == 'numpy':
+      if epoch not in self._perms:
+        self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(w)}
+      return self._perms[epoch][indices]
+    if w == 1:
+      return np.zeros_like(indices)
+    from grain.experimental import index_shuffle  # imported on first use: it is slow
+    seed = epoch_seed(self.seed, epoch)
+    return np.array([index_shuffle(i, max_index=w - 1, seed=seed, rounds=SHUFFLE_ROUNDS)
+                     for i in indices.tolist()], np.int64)
 
   def sample_ids(self, position: int) -> np.ndarray:
     first = position * self.global_batch + self.row0
@@ -112,7 +134,7 @@ class TrainIterator(Iterator[dict]):
     ids = np.empty_like(samples)
     for epoch in np.unique(samples // w):
       sel = samples // w == epoch
-      ids[sel] = self._perm(int(epoch))[samples[sel] % w]
+      ids[sel] = self._permuted(int(epoch), samples[sel] % w)
     return ids
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -121,10 +143,11 @@ class TrainIterator(Iterator[dict]):
     return batch
 
   def get_state(self) -> dict:
-    return {'position': int(self.position), 'seed': int(self.seed)}
+    return {'position': int(self.position), 'seed': int(self.seed), 'shuffle': self.shuffle}
 
   def set_state(self, state: dict) -> None:
     self.position = int(state['position'])
+    self.shuffle = state.get('shuffle', 'numpy')
 
 
 def eval_batches(windows: Windows | Examples, global_batch: int, num_batches: int | None, *,

@@ -147,18 +147,20 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   if start_step:
     state, data_state = checkpoint.restore(mngr, start_step, target, workdir)
     position = int(data_state['position'])
+    shuffle = data_state.get('shuffle', 'numpy')  # saved before 2026-12-02: numpy's order
     elapsed_before = float(data_state.get('elapsed_s', 0.0))
     say(f"Resuming from checkpoint step {start_step} in {workdir} "
         f"(data position {position}).")
   else:
     state = jax.jit(steps.make_init_fn(model, config),
                     out_shardings=parallel.replicated)(init_rng)
-    position = 0
+    position, shuffle = 0, 'index_shuffle'
     elapsed_before = 0.0
   state = parallel.put_state(state)
   num_params = model_lib.count_params(target.params)
   train_iter = data_lib.TrainIterator(train_source, global_batch, config.seed,
-                                      process_index=proc, process_count=n_proc, position=position)
+                                      process_index=proc, process_count=n_proc, position=position,
+                                      shuffle=shuffle)
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   if start_step == 0:

@@ -23,6 +23,8 @@ def _shared_compilation_cache(tmp_path_factory):
   settings = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jax_cache')),
               'jax_persistent_cache_min_compile_time_secs': 0,
               'jax_persistent_cache_min_entry_size_bytes': 0}
+  # Corpora are prepared into this session's folder, not the user's cache; children too.
+  os.environ['LATENT_FLAX_CACHE'] = str(tmp_path_factory.mktemp('corpus_cache'))
   for name, value in settings.items():
     jax.config.update(name, value)
     helpers.CHILD_ENV[name.upper()] = str(value)

@@ -1,5 +1,10 @@
 """Byte pipelines: tokenizer, windows, deterministic resumable order, sources, errors."""
 
+import os
+import subprocess
+import sys
+import time
+
 import ml_collections
 import numpy as np
 import pytest
@@ -7,7 +12,8 @@ import tensorflow_datasets as tfds
 
 from latent_flax import data
 from latent_flax import tasks
-from latent_flax.tasks import corpus
+from latent_flax.tasks import byte_cache, corpus
+from tests import helpers
 
 
 def _dc(**kw):
@@ -162,3 +168,92 @@ def test_min_document_bytes_keeps_long_files_and_document_windows_load(tmp_path)
     tasks.load(_dc(path=str(tmp_path), eval_windows='documents', seq_len=4000), 'validation')
   with pytest.raises(ValueError, match="eval_windows='doc' is unknown"):
     tasks.load(_dc(path=str(tmp_path), eval_windows='doc'), 'train')
+
+
+def test_prepared_split_is_a_map_giving_todays_stream(tmp_path):
+  """The stream read from the prepared byte file equals the one of the split joined in
+  memory, drawn in the order of runs begun before the maps (numpy's whole permutation)."""
+  texts = {f'f{i}.txt': (f'document {i} ' * (3 + i)).encode() for i in range(30)}
+  for name, text in texts.items():
+    (tmp_path / name).write_bytes(text)
+  cfg = _dc(path=str(tmp_path))
+  mapped = tasks.load(cfg, 'train')
+  assert isinstance(mapped.data, np.memmap) and not mapped.data.flags.writeable
+  train_names, _ = corpus.split_files(sorted(texts), corpus.VALIDATION_PERCENT_FILES)
+  in_memory = data.join_documents([texts[n] for n in train_names])
+  np.testing.assert_array_equal(mapped.data, in_memory)
+  seq_len, batch, seed = cfg.seq_len, 4, 7
+  num_windows = (len(in_memory) - seq_len - 1) // seq_len + 1
+  stream = data.TrainIterator(mapped, batch, seed, shuffle='numpy')
+  for position in range(2 * num_windows // batch + 1):  # three epochs
+    samples = np.arange(position * batch, (position + 1) * batch)
+    ids = [np.random.default_rng([seed, s // num_windows]).permutation(num_windows)[
+        s % num_windows] for s in samples]
+    want = np.stack([in_memory[i * seq_len:i * seq_len + seq_len + 1] for i in ids])
+    got = next(stream)
+    np.testing.assert_array_equal(got['inputs'], want[:, :-1])
+    np.testing.assert_array_equal(got['targets'], want[:, 1:])
+  # A data state saved before 'shuffle' existed resumes on numpy's order.
+  old = data.TrainIterator(mapped, batch, seed)
+  old.set_state({'position': 5, 'seed': seed})
+  assert old.shuffle == 'numpy'
+  np.testing.assert_array_equal(next(old)['inputs'],
+                                data.TrainIterator(mapped, batch, seed, position=5,
+                                                   shuffle='numpy').__next__()['inputs'])
+
+
+@pytest.mark.parametrize('num_windows', [1, 2, 37, 1000])
+def test_index_shuffle_order_is_a_permutation_per_epoch(num_windows):
+  w = data.Windows(np.arange(num_windows * 3 + 1, dtype=np.int64).astype(np.uint8), seq_len=3)
+  assert w.num_windows == num_windows
+  it = data.TrainIterator(w, 1, seed=5)
+  assert it.get_state()['shuffle'] == 'index_shuffle'
+  epochs = [np.concatenate([it.sample_ids(p) for p in range(e * num_windows,
+                                                            (e + 1) * num_windows)])
+            for e in range(3)]
+  for ids in epochs:
+    assert sorted(ids.tolist()) == list(range(num_windows))
+  if num_windows > 2:
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert not np.array_equal(epochs[0], np.arange(num_windows))
+    other = data.TrainIterator(w, 1, seed=6)
+    assert not np.array_equal(np.concatenate([other.sample_ids(p) for p in
+                                              range(num_windows)]), epochs[0])
+
+
+def _write_docs(out_dir, fail_after=None):
+  """Documents for byte_cache.prepare that leave a mark for each time they are read."""
+  with open(os.path.join(out_dir, f'read_{os.getpid()}_{time.time_ns()}'), 'w'):
+    pass
+  for i in range(5):
+    if fail_after is not None and i == fail_after:
+      raise RuntimeError('writer died')
+    time.sleep(0.2)
+    yield bytes([65 + i]) * (10 + i)
+
+
+def test_split_is_prepared_once_atomically_and_other_processes_wait(tmp_path):
+  cache, marks = tmp_path / 'cache', tmp_path / 'marks'
+  marks.mkdir()
+  key = {'name': 'toy', 'split': 'train'}
+  with pytest.raises(RuntimeError, match='writer died'):
+    byte_cache.prepare(key, _write_docs(marks, fail_after=3), str(cache), 'toy')
+  assert [f.suffix for f in cache.iterdir()] == ['.lock'], 'a failed write left files'
+  # Three processes at once: one writes, the others wait for it and map the same bytes.
+  code = ("import sys; from tests import test_data as t; from latent_flax.tasks import "
+          "byte_cache; p = byte_cache.prepare({'name': 'toy', 'split': 'train'}, "
+          f"t._write_docs({str(marks)!r}), {str(cache)!r}, 'toy'); "
+          "sys.stdout.write(bytes(p.data).hex())")
+  procs = [subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                            env=helpers.subprocess_env(1), cwd=helpers.REPO) for _ in range(3)]
+  outs = [bytes.fromhex(p.communicate(timeout=120)[0].decode()) for p in procs]
+  assert all(p.returncode == 0 for p in procs)
+  want = b'\0'.join(bytes([65 + i]) * (10 + i) for i in range(5))
+  assert outs == [want] * 3
+  assert len(list(marks.iterdir())) == 2  # the failed write, then one of the three
+  again = byte_cache.prepare(key, _write_docs(marks), str(cache), 'toy')
+  assert len(list(marks.iterdir())) == 2 and bytes(again.data) == want
+  assert [bytes(d) for d in again.documents()] == want.split(b'\0')
+  # A changed source (another key) is prepared anew.
+  byte_cache.prepare({**key, 'version': 2}, _write_docs(marks), str(cache), 'toy')
+  assert len(list(marks.iterdir())) == 3

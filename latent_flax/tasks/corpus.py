@@ -1,8 +1,8 @@
 """Byte language modelling on a corpus: the built-in stdlib corpus, text files, tfds catalogs.
 
 Text becomes UTF-8 bytes (vocab 256); documents are joined with data.SEPARATOR.
-A split is held in memory as one uint8 array and cut into data.Windows of
-seq_len + 1 bytes at stride seq_len.
+A split is prepared once into a flat byte file and memory-mapped (tasks/byte_cache.py),
+then cut into data.Windows of seq_len + 1 bytes at stride seq_len.
 
   'stdlib'      the Python standard library sources of the running interpreter,
                 a local tfds builder (no download), 95/5 train/validation by path hash.
@@ -26,11 +26,10 @@ import os
 import sys
 import sysconfig
 
-import ml_collections
 import numpy as np
 
 from latent_flax import data as data_lib
-from latent_flax.tasks import registry, tfds_source
+from latent_flax.tasks import byte_cache, registry, tfds_source
 
 # How evaluation cuts a split: 'stream', windows at stride seq_len over the documents
 # joined (a window may hold the end of one and the start of the next); 'documents', the
@@ -129,37 +128,31 @@ def _tfds_data_dir(data_config) -> str | None:
   return os.path.expanduser(data_config.data_dir) if data_config.get('data_dir') else None
 
 
-def _docs_from_tfds(dataset, text_key: str) -> list[bytes]:
-  docs = []
-  for example in dataset:
-    value = example[text_key]
-    docs.append(value if isinstance(value, bytes) else str(value).encode('utf-8'))
-  return docs
+def _text(value) -> bytes:
+  return value if isinstance(value, bytes) else str(value).encode('utf-8')
 
 
-def _load_stdlib_long(data_config, split: str) -> list[bytes]:
+def _stdlib_examples(data_config, split: str) -> list[tuple[str, bytes]]:
+  """(path, text) of the stdlib split, sorted by path: the order does not depend on how
+  tfds shuffled the files on write."""
+  builder = tfds_source.prepared(stdlib_builder_class(), 'the built-in corpus (Python stdlib '
+                                 'sources)', data_dir=_tfds_data_dir(data_config))
+  return sorted((e['path'].decode('utf-8'), _text(e['text']))
+                for e in tfds_source.examples(builder, split))
+
+
+def _stdlib_long(data_config, split: str) -> list[bytes]:
   """The stdlib files of at least LONG_DOCUMENT_BYTES, split anew by path hash
   (VALIDATION_PERCENT_LONG), so that validation holds enough long documents."""
-  docs = {}
-  for part in ('train', 'validation'):
-    for path, text in _load_stdlib(data_config, part, with_paths=True):
-      if len(text) >= LONG_DOCUMENT_BYTES:
-        docs[path] = text
+  docs = {path: text for part in ('train', 'validation')
+          for path, text in _stdlib_examples(data_config, part)
+          if len(text) >= LONG_DOCUMENT_BYTES}
   train, val = split_files(sorted(docs), VALIDATION_PERCENT_LONG)
   return [docs[p] for p in (val if split == 'validation' else train)]
 
 
-def _load_stdlib(data_config, split: str, with_paths: bool = False) -> list:
-  builder = tfds_source.prepared(stdlib_builder_class(), 'the built-in corpus (Python stdlib '
-                                 'sources)', data_dir=_tfds_data_dir(data_config))
-  # Sorted by path: the order does not depend on how tfds shuffled the files on write.
-  examples = sorted(tfds_source.examples(builder, split), key=lambda e: e['path'])
-  if not with_paths:
-    return _docs_from_tfds(examples, 'text')
-  return [(e['path'].decode('utf-8'), e['text']) for e in examples]
-
-
-def _load_text_files(data_config, split: str) -> np.ndarray:
+def _text_file_parts(data_config, split: str) -> list[byte_cache.FilePart]:
+  """The split's documents as file parts (nothing read yet)."""
   path = data_config.get('path') or ''
   if not path:
     raise ValueError("config.data.name='text_files' needs config.data.path "
@@ -174,23 +167,21 @@ def _load_text_files(data_config, split: str) -> np.ndarray:
     raise ValueError(f"config.data.path={path!r} matches no file; give an existing file, "
                      "folder or glob.")
   if len(files) == 1:
-    with open(files[0], 'rb') as f:
-      data = f.read()
-    cut = len(data) * (100 - VALIDATION_PERCENT_FILES) // 100
-    return [data[:cut] if split == 'train' else data[cut:]]
+    size = os.path.getsize(files[0])
+    cut = size * (100 - VALIDATION_PERCENT_FILES) // 100
+    return [byte_cache.FilePart(os.path.realpath(files[0]), *((0, cut) if split == 'train'
+                                                              else (cut, size)))]
   # Files are named relative to the folder (or the pattern's fixed prefix), so the split
   # does not depend on how the path is spelled ('DIR', 'DIR/', './DIR') or on renaming it.
   root = os.path.realpath(pattern) if os.path.isdir(pattern) else _glob_root(pattern)
-  rel = {os.path.relpath(os.path.realpath(f), root): f for f in files}
+  rel = {os.path.relpath(os.path.realpath(f), root): os.path.realpath(f) for f in files}
   train, val = split_files(sorted(rel), VALIDATION_PERCENT_FILES)
-  docs = []
-  for name in (val if split == 'validation' else train):
-    with open(rel[name], 'rb') as f:
-      docs.append(f.read())
-  return docs
+  return [byte_cache.FilePart(rel[name], 0, os.path.getsize(rel[name]))
+          for name in (val if split == 'validation' else train)]
 
 
-def _load_catalog(data_config, split: str) -> list[bytes]:
+def _catalog(data_config, split: str):
+  """(key, documents) of a tfds catalog split; the documents are read lazily."""
   name = data_config.name[len('tfds:'):]
   builder = tfds_source.catalog_builder(name, _tfds_data_dir(data_config))
   splits = builder.info.splits
@@ -202,50 +193,55 @@ def _load_catalog(data_config, split: str) -> list[bytes]:
   if key not in spec:
     raise ValueError(f"config.data.text_key={key!r} is not a feature of {name!r}; "
                      f"it has {sorted(spec.keys())}.")
-  return _docs_from_tfds(tfds_source.catalog_examples(builder, tfds_split), key)
+  source = tfds_source.catalog_source(builder, tfds_split)
+  return ({'tfds': builder.info.full_name, 'data_dir': builder.data_dir, 'text_key': key,
+           'tfds_split': tfds_split, 'examples': len(source)},
+          (_text(source[i][key]) for i in range(len(source))))
 
 
-@functools.lru_cache(maxsize=8)
-def _load_documents_cached(name, path, text_key, data_dir, split) -> tuple[bytes, ...]:
-  cfg = ml_collections.ConfigDict(dict(name=name, path=path, text_key=text_key,
-                                       data_dir=data_dir))
-  if name == 'stdlib':
-    return tuple(_load_stdlib(cfg, split))
-  if name == 'stdlib_long':
-    return tuple(_load_stdlib_long(cfg, split))
-  if name == 'text_files':
-    return tuple(_load_text_files(cfg, split))
-  return tuple(_load_catalog(cfg, split))
+def prepared_split(data_config, split: str) -> byte_cache.PreparedSplit:
+  """`split` ('train' or 'validation') prepared once into a byte file and mapped."""
+  name = data_config.name
+  key = {'name': name, 'split': split}
+  if name in ('stdlib', 'stdlib_long'):
+    builder_cls = stdlib_builder_class()
+    key.update(stdlib=builder_cls.BUILDER_CONFIGS[0].name, version=str(builder_cls.VERSION),
+               data_dir=_tfds_data_dir(data_config) or '')
+    if name == 'stdlib':
+      docs = (text for _, text in _stdlib_examples(data_config, split))
+    else:
+      key.update(least=LONG_DOCUMENT_BYTES, percent=VALIDATION_PERCENT_LONG)
+      docs = (d for d in _stdlib_long(data_config, split))
+  elif name == 'text_files':
+    parts = _text_file_parts(data_config, split)
+    key['files'] = [(p.path, p.start, p.stop, os.stat(p.path).st_mtime_ns) for p in parts]
+    docs = parts
+  else:
+    source_key, docs = _catalog(data_config, split)
+    key.update(source_key)
+  return byte_cache.prepare(key, docs, byte_cache.cache_dir(data_config),
+                            f"the {split} split of {name!r}",
+                            least=data_config.get('min_document_bytes') or 0)
 
 
-def load_documents(data_config, split: str) -> list[bytes]:
-  """The documents of `split`, those shorter than config.data.min_document_bytes left out."""
-  docs = _load_documents_cached(data_config.name, data_config.get('path') or '',
-                                data_config.get('text_key') or 'text',
-                                data_config.get('data_dir') or '', split)
-  least = data_config.get('min_document_bytes') or 0
-  kept = [d for d in docs if len(d) >= least]
-  if not kept:
+def _kept(data_config, split: str) -> byte_cache.PreparedSplit:
+  prepared = prepared_split(data_config, split)
+  if not len(prepared.docs):
     raise ValueError(f"the {split} split of {data_config.name!r} has no document of at least "
-                     f"config.data.min_document_bytes={least:,} bytes (the longest has "
-                     f"{max(map(len, docs), default=0):,}); lower it.")
-  return kept
+                     f"config.data.min_document_bytes={data_config.get('min_document_bytes'):,}"
+                     f" bytes (the longest has {prepared.longest_dropped:,}); lower it.")
+  return prepared
 
 
-@functools.lru_cache(maxsize=8)
-def _joined(name, path, text_key, data_dir, split, least) -> np.ndarray:
-  cfg = ml_collections.ConfigDict(dict(name=name, path=path, text_key=text_key,
-                                       data_dir=data_dir, min_document_bytes=least))
-  return data_lib.join_documents(load_documents(cfg, split))
+def load_documents(data_config, split: str) -> list[np.ndarray]:
+  """The documents of `split` (views of its map), those shorter than
+  config.data.min_document_bytes left out."""
+  return _kept(data_config, split).documents()
 
 
 def load_split(data_config, split: str) -> np.ndarray:
-  """All bytes of `split` ('train' or 'validation') as one uint8 array, documents joined."""
-  return _joined(data_config.name, data_config.get('path') or '',
-                 data_config.get('text_key') or 'text', data_config.get('data_dir') or '',
-                 split, data_config.get('min_document_bytes') or 0)
-
-
+  """All bytes of `split` ('train' or 'validation'), documents joined: a read-only map."""
+  return _kept(data_config, split).data
 
 
 class Corpus(registry.Task):

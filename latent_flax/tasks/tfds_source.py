@@ -35,7 +35,7 @@ def _how_to_prepare(name: str) -> str:
 
 def catalog_builder(name: str, data_dir: str | None):
   """The builder of a catalog dataset, or one line naming the dataset that does not exist
-  (whether it is prepared, and as ArrayRecord, is catalog_examples' question)."""
+  (whether it is prepared, and as ArrayRecord, is catalog_source's question)."""
   import tensorflow_datasets as tfds
   if name not in tfds.list_builders(with_community_datasets=False):
     raise ValueError(f"config.data.name='tfds:{name}': no tfds dataset named {name!r}; "
@@ -48,10 +48,11 @@ def catalog_builder(name: str, data_dir: str | None):
   return builder
 
 
-def catalog_examples(builder, split: str) -> list[dict]:
-  """examples() of a catalog dataset, or one line saying how to prepare it here."""
+def catalog_source(builder, split: str):
+  """The random-access data source of a catalog split (len, [i] -> example dict), or one
+  line saying how to prepare it here."""
   try:
-    return examples(builder, split)
+    return builder.as_data_source(split=split)
   except Exception as e:  # tfds raises several types for "not prepared here".
     file_format = getattr(builder.info.file_format, 'value', builder.info.file_format)
     why = (f"is {file_format}, which needs TensorFlow to read" if builder.is_prepared()
