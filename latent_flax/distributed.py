@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 from absl import flags
 
 _DISTRIBUTED = flags.DEFINE_enum(
@@ -28,6 +27,7 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 def initialize() -> None:
   """jax.distributed.initialize as the flags ask; nothing for a single process."""
+  import jax  # here, not at the top: `train.py --help` should not wait for it
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
