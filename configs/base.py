@@ -45,7 +45,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_eval_steps = 20            # validation batches per evaluation (0 = whole split)
   config.checkpoint_every_steps = 200   # checkpoints (and at the end)
   config.keep_checkpoints = 2           # latest checkpoints kept, besides the best by eval loss
-  config.parallelism = 'pmap'           # 'pmap' (pmapped step) or 'jit' (1-D data mesh)
+  config.parallelism = 'jit'            # 'jit' (over config.mesh) or 'pmap' (data only)
+  config.mesh = ml_collections.ConfigDict(dict(  # jit's device mesh (latent_flax/sharding.py)
+      data=-1,                            # batch rows; -1 = the devices left
+      fsdp=1,                             # batch rows, and parameters/optimizer state split
+      seq=1))                             # positions of each row (sequence parallelism)
   config.model = model_config()
   config.data = data_config()
   apply_arg(config, arg)

@@ -69,8 +69,14 @@ def manager(workdir: str, config: ml_collections.ConfigDict, *,
 
 
 def abstract_state(model, config, sharding) -> steps.TrainState:
+  """The train state's shapes, dtypes and shardings (what a restore lays the checkpoint
+  out as, whatever mesh wrote it). `sharding`: one Sharding for every leaf, or a function
+  from the tree of shapes to a tree of shardings (Parallel.shard_state_like)."""
   shapes = jax.eval_shape(steps.make_init_fn(model, config), jax.random.key(0))
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  shardings = sharding(shapes) if callable(sharding) else jax.tree.map(lambda _: sharding,
+                                                                       shapes)
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:

@@ -17,6 +17,7 @@ import ml_collections
 
 from latent_flax import io_utils, tasks
 from latent_flax import model as model_lib
+from latent_flax import sharding
 from latent_flax.attention import registry as attention_registry
 
 PARALLELISM = ('pmap', 'jit')
@@ -116,6 +117,28 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f"config.grad_clip_norm={config.grad_clip_norm!r} must be >= 0 (0 = no clipping).")
   _need(config.parallelism in PARALLELISM,
         f"config.parallelism={config.parallelism!r} is unknown; use one of {list(PARALLELISM)}.")
+  mesh = config.get('mesh') or {}
+  unknown = sorted(set(mesh) - set(sharding.AXES))
+  _need(not unknown, f"config.mesh has no axis {unknown[0]!r}; its axes are "
+        f"{list(sharding.AXES)}." if unknown else '')
+
+
+def validate_layout(config: ml_collections.ConfigDict, device_count: int) -> tuple[int, ...]:
+  """config.mesh on `device_count` devices, and what a seq axis needs; one line if not.
+  Returns the (data, fsdp, seq) sizes."""
+  data, fsdp, seq = sharding.mesh_shape(config.get('mesh'), device_count)
+  _need(config.parallelism == 'jit' or (fsdp, seq) == (1, 1),
+        f"config.mesh fsdp={fsdp}, seq={seq} needs config.parallelism='jit'; pmap only "
+        "splits the batch.")
+  if seq > 1:
+    n = config.data.seq_len
+    chunk = attention_registry.get(config.model.attention).seq_split_unit(config.model)
+    unit = chunk * seq
+    _need(n % unit == 0,
+          f"config.data.seq_len={n} must be a multiple of {unit} to split along "
+          f"config.mesh.seq={seq}" + (f" in whole chunks of {chunk}" if chunk > 1 else '')
+          + "; change either.")
+  return data, fsdp, seq
 
 
 def build_model(config: ml_collections.ConfigDict):

@@ -24,7 +24,7 @@ def restore_checkpoint(workdir: str, config: ml_collections.ConfigDict,
                        step: int | str | None = None) -> Restored:
   """Restores `step` (default: latest; 'best') of workdir for `config`, in the jit layout."""
   model = config_lib.build_model(config)
-  parallel = Parallel('jit', model, config)
+  parallel = Parallel('jit', model, config, mesh={'data': -1})  # any device count
   r = checkpoint.restore_workdir(workdir, config, model, step, sharding=parallel.replicated)
   return Restored(r.state, r.data_state, r.step, parallel)
 

@@ -61,8 +61,8 @@ def evaluate_set(parallel, params, source, global_batch: int, num_batches: int |
                  stream_segment: int | None = None) -> dict:
   totals = None
   for batch in data_lib.eval_batches(source, global_batch, num_batches,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
+                                     process_index=parallel.data_share[0],
+                                     process_count=parallel.data_share[1]):
     if stream_segment:
       sums = stream_sums(parallel.model, params, batch, stream_segment)
     else:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from latent_flax import sharding
 from latent_flax.attention import registry
 from latent_flax.attention.primitives import ATTENTION_IMPLS
 
@@ -191,12 +192,14 @@ def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: boo
   dtype = DTYPES[cfg.dtype]
   x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
                    embedding_init=nn.initializers.normal(1.0))(tokens_BN)
+  x_BND = sharding.constrain(x_BND, sharding.BATCH, 'seq')  # positions split along a seq axis
   if cfg.input_positions == 'sinusoidal':
     x_BND = x_BND + sinusoidal_positions(tokens_BN.shape[1], cfg.emb_dim)[None].astype(dtype)
   block = nn.remat(Block, static_argnums=(2,)) if cfg.remat and decode is None else Block
   extra = () if decode is None else (decode, cache_len)
   for i in range(cfg.num_layers):
     x_BND = block(cfg, causal=causal, name=f'block_{i}')(x_BND, deterministic, mask_BN, *extra)
+    x_BND = sharding.constrain(x_BND, sharding.BATCH, 'seq')
   return nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
 
 

@@ -1,53 +1,110 @@
-"""Placing state and batches on devices and running the steps: pmap or jit, one step function.
+"""Placing state and batches on devices and running the steps: jit or pmap, one step function.
 
-parallelism='pmap': `jax.pmap` over the local devices, gradients summed by psum;
-the state is one copy per local device. parallelism='jit': `jax.jit` over a 1-D
-'data' mesh of all devices, batches sharded along it, the state replicated.
+parallelism='jit' (the default): `jax.jit` over the (data, fsdp, seq) mesh of
+config.mesh (sharding.py): batch rows split over data and fsdp, positions over seq,
+state leaves split over fsdp; XLA inserts the collectives. parallelism='pmap':
+`jax.pmap` over the local devices, gradients summed by psum, one copy of the state per
+local device (data parallelism only).
+
+Each process reads the rows of the global batch its devices hold (`data_share`); with a
+seq axis across processes several processes read the same rows and each places the
+positions of its own devices.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from latent_flax import optim, steps
+from latent_flax import optim, sharding, steps
 
 
 class Parallel:
-  """Places state and batches on devices and runs the steps, by pmap or by jit."""
+  """Places state and batches on devices and runs the steps, by jit or by pmap."""
 
-  def __init__(self, kind: str, model, config):
+  def __init__(self, kind: str, model, config, mesh=None, devices=None):
+    """mesh: axis sizes instead of config.mesh's (eval: {'data': -1}); devices: the
+    devices it tiles (default all; benchmarks compare meshes on fewer)."""
     self.kind = kind
     self.model = model
     self.devices = jax.local_devices()
-    self.mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                              axis_types=(jax.sharding.AxisType.Auto,))
+    mesh_devices = jax.devices() if devices is None else list(devices)
+    data, fsdp, seq = sharding.mesh_shape(config.get('mesh') if mesh is None else mesh,
+                                          len(mesh_devices))
+    self.mesh = jax.make_mesh((data, fsdp, seq), sharding.AXES, devices=mesh_devices,
+                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
     self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P('data'))
+    self.batch_sharding = NamedSharding(self.mesh, P(sharding.BATCH, 'seq'))
+    self.row_sharding = NamedSharding(self.mesh, P(sharding.BATCH))
+    self.data_share = self._data_share(data * fsdp)
     self.local_stack = NamedSharding(jax.sharding.Mesh(np.array(self.devices), ('local',)),
                                      P('local'))
-    schedule = optim.learning_rate_schedule(config)
+    self.state_shardings = None  # set by shard_state_like (the jit path)
+    self._schedule = optim.learning_rate_schedule(config)
     if kind == 'pmap':
       self._as_pmap_output = jax.pmap(lambda tree: tree, axis_name='batch')
       self._train = jax.pmap(
-          functools.partial(steps.train_step, axis_name='batch', schedule=schedule),
+          functools.partial(steps.train_step, axis_name='batch', schedule=self._schedule),
           axis_name='batch', donate_argnums=(0,))
       self._eval = jax.pmap(
           functools.partial(steps.eval_step, apply_fn=model.apply, axis_name='batch'),
           axis_name='batch')
     else:
-      self._train = jax.jit(functools.partial(steps.train_step, axis_name=None,
-                                              schedule=schedule),
-                            in_shardings=(self.replicated, self.batch_sharding, self.replicated),
-                            out_shardings=(self.replicated, self.replicated),
-                            donate_argnums=(0,))
       self._eval = jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply,
-                                             axis_name=None),
-                           in_shardings=(self.replicated, self.batch_sharding),
-                           out_shardings=self.replicated)
+                                             axis_name=None), out_shardings=self.replicated)
+
+  def _data_share(self, rows: int) -> tuple[int, int]:
+    """(index, count): this process reads share `index` of `count` equal shares of the
+    batch rows (count 1 when a seq axis spans processes and all read every row)."""
+    starts = sorted({index[0].start or 0 for index in
+                     self.row_sharding.addressable_devices_indices_map((rows,)).values()})
+    width = len(starts)
+    if starts != list(range(starts[0], starts[0] + width)) or starts[0] % width:
+      raise ValueError(f"this process's devices hold batch rows {starts} of {rows}, not one "
+                       "block; reorder config.mesh so that data and fsdp span the processes.")
+    return starts[0] // width, rows // width
+
+  def shard_state_like(self, abstract_state) -> Any:
+    """The state's shardings (each leaf split over fsdp as sharding.fsdp_spec says, or
+    replicated), kept for the jit steps; `abstract_state` is a tree of shapes."""
+    fsdp = dict(self.mesh.shape)['fsdp']
+    self.state_shardings = jax.tree.map(
+        lambda s: NamedSharding(self.mesh, sharding.fsdp_spec(s.shape, fsdp)), abstract_state)
+    self._leaf_shardings = jax.tree.leaves(self.state_shardings)
+    if self.kind == 'jit':
+      def train(state, batch, rng):
+        new_state, metrics = steps.train_step(state, batch, rng, axis_name=None,
+                                              schedule=self._schedule)
+        return self.lay_out(new_state), metrics
+      self._train = jax.jit(train, donate_argnums=(0,))
+    return self.state_shardings
+
+  def lay_out(self, state, place=jax.lax.with_sharding_constraint):
+    """`state` (any TrainState: its optimizer object may be another instance than the one
+    shard_state_like saw) in the state shardings, leaf by leaf; inside jit by default,
+    place=jax.device_put outside."""
+    leaves, treedef = jax.tree.flatten(state)
+    return jax.tree.unflatten(treedef, [place(x, s) for x, s in
+                                        zip(leaves, self._leaf_shardings)])
+
+  def lower_train_step(self, abstract_state, batch_shapes: dict):
+    """The jit train step lowered for shapes alone (its compiled memory and HLO are what
+    tests and benchmarks read): `abstract_state` as checkpoint.abstract_state gives,
+    `batch_shapes` {name: (shape, dtype)} of the global batch."""
+    state = self.lay_out(abstract_state, lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                          sharding=s))
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding if len(shape) > 1
+                                     else self.row_sharding)
+             for k, (shape, dtype) in batch_shapes.items()}
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=self.replicated)
+    with jax.set_mesh(self.mesh):
+      return self._train.lower(state, batch, rng)
 
   def put_state(self, state_global: steps.TrainState) -> steps.TrainState:
     """From a replicated global state (as initialised or restored) to the step's layout."""
@@ -56,10 +113,10 @@ class Parallel:
       # have and the step is compiled once, not twice.
       return self._as_pmap_output(jax.tree.map(
           lambda x: self._replicate(np.asarray(x.addressable_data(0))), state_global))
-    return state_global
+    return self.lay_out(state_global, jax.device_put)
 
   def global_state(self, state: steps.TrainState) -> steps.TrainState:
-    """The state as replicated global arrays, for checkpoints and evaluation outside."""
+    """The state as global arrays (pmap's copies joined into one), for checkpoints."""
     if self.kind == 'pmap':  # one copy per local device -> one global replicated array
       def gather(x):
         shards = [s.data.reshape(x.shape[1:]) for s in x.addressable_shards]
@@ -76,21 +133,43 @@ class Parallel:
     if self.kind == 'pmap':
       n = len(self.devices)
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
+    return jax.tree.map(self._place_rows, batch)
+
+  def _place_rows(self, x: np.ndarray) -> jax.Array:
+    """This process's share of the batch rows -> a global array, each local device given
+    its rows and (with a seq axis) its positions."""
+    index, count = self.data_share
+    global_shape = (x.shape[0] * count,) + x.shape[1:]
+    where = self.batch_sharding if x.ndim >= 2 else self.row_sharding
+    row0 = index * x.shape[0]
+    pieces = []
+    for device, idx in where.addressable_devices_indices_map(global_shape).items():
+      rows = idx[0].indices(global_shape[0])
+      local = (slice(rows[0] - row0, rows[1] - row0),) + tuple(idx[1:])
+      pieces.append(jax.device_put(x[local], device))
+    return jax.make_array_from_single_device_arrays(global_shape, where, pieces)
 
   def put_rng(self, rng: jax.Array) -> jax.Array:
     """The step's random key in the step's layout (one copy per device for pmap)."""
     if self.kind == 'pmap':
       return jax.random.wrap_key_data(self._replicate(jax.random.key_data(rng)))
-    return rng
+    data = np.asarray(jax.random.key_data(rng))  # the same in every process
+    return jax.random.wrap_key_data(
+        jax.make_array_from_callback(data.shape, self.replicated, lambda index: data[index]))
 
   def train_step(self, state, batch, rng):
     """rng as given by put_rng."""
-    return self._train(state, self._shard(batch), rng)
+    with self._mesh_context():
+      return self._train(state, self._shard(batch), rng)
 
   def eval_step(self, params, batch):
-    return self._eval(params, self._shard(batch))
+    with self._mesh_context():
+      return self._eval(params, self._shard(batch))
+
+  def _mesh_context(self):
+    """jit: the mesh as the trace's context (the modules' sharding.constrain reads it);
+    pmap brings its own."""
+    return jax.set_mesh(self.mesh) if self.kind == 'jit' else contextlib.nullcontext()
 
   def first(self, tree):
     """Host values of replicated outputs (this process's first copy)."""

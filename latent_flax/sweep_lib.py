@@ -9,7 +9,8 @@ A module with presets takes `--sweep=FILE:NAME`: get_sweep(NAME) then returns a 
 with 'points' and optionally 'common' and 'report', which replace the module's.
 Every point is validated before the first one runs. Each point trains with `python train.py --config=BASE --config.<key>=<value> ...` in
 its own sub-workdir named from its overrides, so the same lines can go to a cluster
-scheduler (`point_commands`) or run here one after another (`run_sweep`).
+scheduler (`point_commands`), be submitted as a job array (`submit_sweep`, through
+submitit: launch.py) or run here one after another (`run_sweep`).
 """
 
 from __future__ import annotations
@@ -196,6 +197,27 @@ def run_sweep(sweep: Sweep, workdir: str, *, python: str = sys.executable, env=N
     print(f"[{i}/{total}] done; {left} point(s) left, ETA {per_point * left / 60:.1f} min",
           flush=True)
   return True
+
+
+def submit_sweep(sweep: Sweep, workdir: str, ex, *, nodes: int = 1) -> list:
+  """Every unfinished point as one task of a job array on submitit executor `ex`
+  (launch.py); validated first, like run_sweep. Returns the submitted jobs."""
+  from latent_flax import launch
+  validate_points(sweep)
+  os.makedirs(workdir, exist_ok=True)
+  tasks, names = [], []
+  for i, overrides in enumerate(sweep.points, 1):
+    sub = os.path.join(workdir, point_name(overrides))
+    if is_done(sub):
+      print(f"[{i}/{len(sweep.points)}] {point_name(overrides)}: done, skipped", flush=True)
+      continue
+    argv = point_argv(sweep, overrides, workdir) + (['--distributed=auto'] if nodes > 1 else [])
+    tasks.append(launch.PointTask(argv, sub))
+    names.append(f"[{i}/{len(sweep.points)}] {point_name(overrides)}")
+  jobs = launch.submit(ex, tasks) if tasks else []
+  for name, job in zip(names, jobs):
+    print(f"{name}: submitted as job {job.job_id}", flush=True)
+  return jobs
 
 
 def _run_forwarding_signals(argv: list[str], env) -> int:

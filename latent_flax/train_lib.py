@@ -118,6 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   workdir_lock.check_workdir(workdir)
   config_lib.validate_config(config)
+  config_lib.validate_layout(config, jax.device_count())
   saved = config_lib.load_saved_config(workdir)
   if saved is not None:
     config_lib.check_compatible(saved, config, workdir)
@@ -130,7 +131,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   n_proc, proc = jax.process_count(), jax.process_index()
-  global_batch = config.per_device_batch_size * jax.device_count()
+  # Devices along a seq axis share their rows: the batch is per device of data x fsdp.
+  global_batch = (config.per_device_batch_size * jax.device_count()
+                  // config_lib.validate_layout(config, jax.device_count())[2])
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
@@ -138,7 +141,7 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
 
   model = config_lib.build_model(config)
   parallel = Parallel(config.parallelism, model, config)
-  target = checkpoint.abstract_state(model, config, parallel.replicated)
+  target = checkpoint.abstract_state(model, config, parallel.shard_state_like)
   mngr = checkpoint.manager(workdir, config)
   rng = jax.random.key(config.seed)
   init_rng, dropout_rng = jax.random.split(rng)
@@ -152,14 +155,15 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
     say(f"Resuming from checkpoint step {start_step} in {workdir} "
         f"(data position {position}).")
   else:
-    state = jax.jit(steps.make_init_fn(model, config),
-                    out_shardings=parallel.replicated)(init_rng)
+    init = steps.make_init_fn(model, config)
+    state = jax.jit(lambda rng: parallel.lay_out(init(rng)))(init_rng)
     position, shuffle = 0, 'index_shuffle'
     elapsed_before = 0.0
   state = parallel.put_state(state)
   num_params = model_lib.count_params(target.params)
   train_iter = data_lib.TrainIterator(train_source, global_batch, config.seed,
-                                      process_index=proc, process_count=n_proc, position=position,
+                                      process_index=parallel.data_share[0],
+                                      process_count=parallel.data_share[1], position=position,
                                       shuffle=shuffle)
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
@@ -171,7 +175,8 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   label = attention_registry.get(config.model.attention).label(config.model)
   say(f"Training {label} (H={config.model.num_heads}, {num_params:,} params) "
       f"for {config.num_train_steps} steps "
-      f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}; "
+      f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}"
+      + (f" mesh {dict(parallel.mesh.shape)}" if config.parallelism == 'jit' else '') + "; "
       f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}")
 
   def save(step: int, metrics: dict | None):

@@ -110,6 +110,14 @@ class Child:
       self.proc.wait(timeout=30)
 
 
+def free_port() -> int:
+  """A TCP port free on localhost now (for a jax.distributed coordinator)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
 def train_argv(config_path, workdir, *extra) -> list[str]:
   """`train.py` arguments for a child process."""
   return ['train.py', f'--config={config_path}', f'--workdir={workdir}', *extra]

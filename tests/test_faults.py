@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import time
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from latent_flax import eval_lib
+from tests import helpers
 from tests.helpers import Child, train_argv, write_config_module
 
 STEPS = 10
@@ -118,17 +118,11 @@ def test_sigkill_during_an_async_checkpoint_write_falls_back_to_the_previous(
   _assert_same_run(workdir, reference)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
     straight, children, tmp_path):
   config_path, reference = straight
   workdir = str(tmp_path / 'two')
-  address = f'localhost:{_free_port()}'
+  address = f'localhost:{helpers.free_port()}'
   procs = [children(train_argv(config_path, workdir, f'--coordinator_address={address}',
                                 '--num_processes=2', f'--process_id={i}'), devices=2)
            for i in range(2)]
@@ -154,7 +148,7 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   reference_two = str(tmp_path / 'two_reference')
   shutil.copytree(workdir, reference_two)
   stopped = str(tmp_path / 'two_stopped')
-  address = f'localhost:{_free_port()}'
+  address = f'localhost:{helpers.free_port()}'
   argv = lambda i, a: train_argv(config_path, stopped, f'--coordinator_address={a}',
                                   '--num_processes=2', f'--process_id={i}')
   procs = [children(argv(i, address), devices=2) for i in range(2)]
@@ -166,7 +160,7 @@ def test_two_processes_of_two_devices_equal_one_of_four_and_restore_on_one(
   saved = int(re.search(r'saved checkpoint step (\d+) in', line).group(1))
   assert 'another process' in line and 4 <= saved < STEPS
   assert _checkpoint_dirs(stopped)[-1] == str(saved)
-  address = f'localhost:{_free_port()}'
+  address = f'localhost:{helpers.free_port()}'
   for p in [children(argv(i, address), devices=2) for i in range(2)]:
     assert p.finish(timeout=600) == 0, '\n'.join(p.lines[-20:])
   jax.tree.map(np.testing.assert_array_equal, _params(stopped), _params(reference_two))

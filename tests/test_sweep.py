@@ -4,7 +4,9 @@ import csv
 import importlib.util
 import json
 import os
+import re
 import signal
+import time
 
 import pytest
 
@@ -247,3 +249,44 @@ def test_an_invalid_point_stops_the_sweep_before_anything_runs(tmp_path):
     sweep_lib.load_sweep(str(tmp_path / 'syntax.py'))
   with pytest.raises(ValueError, match='has presets'):
     sweep_lib.load_sweep('configs/sweeps/mqar.py:nope')
+
+
+def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_path):
+  config_path = write_config_module(tmp_path, num_train_steps=4, log_every_steps=2,
+                                    checkpoint_every_steps=2, eval_every_steps=4)
+  sweep_file = tmp_path / 'two_points.py'
+  sweep_file.write_text(f"BASE = {config_path!r}\nCOMMON = {{'model.num_layers': 1}}\n\n"
+                        "def get_sweep():\n"
+                        "  return [{'model.num_latents': 2}, {'model.num_latents': 4}]\n")
+  workdir = tmp_path / 'sweep'
+  child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={workdir}',
+                 '--launcher=submitit_local', '--slurm_time_min=20'])
+  assert child.finish() == 0, child.lines[-20:]
+  out = '\n'.join(child.lines)
+  assert '[1/2] m=2: submitted as job' in out and '[2/2] m=4: submitted as job' in out
+  assert sweep_lib.is_done(str(workdir / 'm=2')) and sweep_lib.is_done(str(workdir / 'm=4'))
+  assert (workdir / 'report.csv').exists()
+
+  # Preempted (submitit's signal, as Slurm sends it): train.py saves its step, the task
+  # is requeued and resumes from the point's workdir.
+  from latent_flax import launch
+  sweep = sweep_lib.load_sweep(str(sweep_file))
+  sweep = sweep_lib.Sweep(sweep.base, {**sweep.common, 'num_train_steps': 40}, sweep.points)
+  point = os.path.join(str(workdir), 'long')
+  argv = sweep_lib.point_argv(sweep, sweep.points[0], str(workdir))[:-1] + [
+      f'--workdir={point}']
+  ex = launch.executor('submitit_local', str(tmp_path / 'jobs'), timeout_min=20)
+  job, = launch.submit(ex, [launch.PointTask(argv, point)])
+  deadline = time.time() + 300
+  while time.time() < deadline and not os.path.isdir(os.path.join(point, 'checkpoints', '4')):
+    time.sleep(0.5)
+  # The preemption signal to the task, as Slurm (and the local controller at a
+  # timeout) sends it: the controller's child runs the task.
+  controller = job._process.pid
+  task_pid, = map(int, open(f'/proc/{controller}/task/{controller}/children').read().split())
+  os.kill(task_pid, signal.SIGUSR2)
+  summary = job.result()
+  assert summary['step'] == 20
+  log = open(job.paths.stdout).read()
+  assert re.search(r'saved checkpoint step (\d+)', log), log[-2000:]
+  assert 'Resuming from checkpoint step' in log, log[-2000:]

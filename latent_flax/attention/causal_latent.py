@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from latent_flax import sharding
 from latent_flax.attention.latent import _LatentSteps
 from latent_flax.attention.primitives import (NEG_INF, attend_two_parts, combine_softmax_triples,
                                               finish_softmax, heads_first, rotary_at,
@@ -67,23 +68,44 @@ def chunk_softmax_triples(q_HMd: jax.Array, k_BKHCd: jax.Array, v_BKHCd: jax.Arr
   return m_BKHM, l_BKHM, o_BKHMd
 
 
-def prefix_scan(triples, decay_HM: jax.Array | None = None):
+def prefix_scan(triples, decay_HM: jax.Array | None = None, shards: int = 1):
   """Every prefix's triple along axis 1 (chunks): one associative scan.
 
   With `decay_HM`, each prefix is weighed as seen from the end of its last chunk: an
   element carries its chunk count n, and an older part is scaled by exp(-lambda * n_newer).
+
+  `shards` > 1 (the chunks split in that many equal runs, one per device along a 'seq'
+  mesh axis): a scan within each run, then one over the runs' totals (a triple of
+  O(H*M*d) per run: all that crosses devices), whose exclusive prefix is merged into
+  each run. The same prefixes, up to float rounding.
   """
   if decay_HM is None:
-    return jax.lax.associative_scan(combine_softmax_triples, triples, axis=1)
-
-  def combine(a, b):
-    m_a, l_a, o_a, n_a = a
-    merged = combine_softmax_triples((m_a - decay_HM[None, None] * b[3], l_a, o_a), b[:3])
-    return merged + (n_a + b[3],)
-
-  m = triples[0]
-  counts = jnp.ones(m.shape[:2] + (1, 1), jnp.float32)
-  return jax.lax.associative_scan(combine, tuple(triples) + (counts,), axis=1)[:3]
+    combine = combine_softmax_triples
+    elems = tuple(triples)
+  else:
+    def combine(a, b):
+      m_a, l_a, o_a, n_a = a
+      decay = decay_HM.reshape((1,) * (m_a.ndim - 2) + decay_HM.shape)
+      merged = combine_softmax_triples((m_a - decay * b[3], l_a, o_a), b[:3])
+      return merged + (n_a + b[3],)
+    m = triples[0]
+    elems = tuple(triples) + (jnp.ones(m.shape[:2] + (1, 1), jnp.float32),)
+  if shards == 1:
+    return jax.lax.associative_scan(combine, elems, axis=1)[:3]
+  B, K = elems[0].shape[:2]
+  if K % shards:
+    raise ValueError(f"{K} chunks do not split into {shards} equal runs along the sequence; "
+                     "make seq_len / chunk_size a multiple of config.mesh.seq.")
+  runs = tuple(sharding.constrain(x.reshape((B, shards, K // shards) + x.shape[2:]),
+                                  sharding.BATCH, 'seq') for x in elems)
+  local = jax.lax.associative_scan(combine, runs, axis=2)
+  totals = jax.lax.associative_scan(combine, tuple(x[:, :, -1] for x in local), axis=1)
+  empty = (jnp.full_like(totals[0][:, :1], NEG_INF),) + tuple(
+      jnp.zeros_like(x[:, :1]) for x in totals[1:])
+  before = tuple(jnp.concatenate([e, x[:, :-1]], axis=1)[:, :, None]
+                 for e, x in zip(empty, totals))  # what precedes each run
+  merged = combine(before, local)
+  return tuple(x.reshape((B, K) + x.shape[3:]) for x in merged[:3])
 
 
 class CausalLatentAttention(_LatentSteps):
@@ -145,7 +167,8 @@ class CausalLatentAttention(_LatentSteps):
       return self._extend(st, x_BND)
     if decode not in (None, 'prefill'):
       raise ValueError(f"decode={decode!r}: use None, 'prefill', 'step' or 'extend'.")
-    x_BKCD = jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0))).reshape(B, K, C, D)
+    x_BKCD = sharding.constrain(jnp.pad(x_BND, ((0, 0), (0, pad), (0, 0))).reshape(B, K, C, D),
+                                sharding.BATCH, 'seq')  # chunks stay on their seq shard
     valid_BKC = None
     if mask_BN is not None or pad:
       mask_BN = jnp.ones((B, N), bool) if mask_BN is None else mask_BN.astype(bool)
@@ -158,7 +181,7 @@ class CausalLatentAttention(_LatentSteps):
     decay_HM = self._decay()
     triples = chunk_softmax_triples(q_HMd, heads_first(k_BKCHd), heads_first(v_BKCHd), valid_BKC,
                                     decay_HM)
-    m_BKHM, l_BKHM, o_BKHMd = prefix_scan(triples, decay_HM)
+    m_BKHM, l_BKHM, o_BKHMd = prefix_scan(triples, decay_HM, sharding.axis_size('seq'))
     attn_BKMHd = finish_softmax(l_BKHM, o_BKHMd).astype(self.dtype)
     s_BKMD = latents_MD[None, None] + st['drop'](st['compress'].project_out(attn_BKMHd),
                                                  deterministic=deterministic)

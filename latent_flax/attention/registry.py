@@ -60,6 +60,11 @@ class AttentionKind:
   def has_latents(self) -> bool:
     return 'num_latents' in self.fields
 
+  def seq_split_unit(self, cfg: Any) -> int:
+    """Positions a shard along a 'seq' mesh axis must hold a multiple of: a chunked kind's
+    chunk size (its chunks stay whole on one shard), else 1."""
+    return self.field_values(cfg)['chunk_size'] if 'chunk_size' in self.fields else 1
+
   def field_values(self, cfg: Any) -> dict[str, Any]:
     """{field: value} of the fields this kind reads, from a ModelConfig or config.model."""
     get = cfg.get if hasattr(cfg, 'get') else lambda k: getattr(cfg, k)
