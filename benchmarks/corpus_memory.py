@@ -6,11 +6,14 @@ older checkout, `--before DIR`).
 
 For each size, a text_files corpus of that many bytes (16 MiB files of Python source,
 split by file into train and validation) is written to --scratch. Then, each in a fresh
-process whose peak RSS comes from wait4: `prepare` (the train split prepared into its byte
+process: `prepare` (the train split prepared into its byte
 file, an empty cache), `read` (the prepared split mapped and --batches training batches of
 --batch x --seq_len drawn in the shuffled order), and with --before, `before` (the older
-code's load and the same batches); peak RSS is the child's VmHWM. A process that only
-imports jax and the data code gives the floor. Writes <out>.json and <out>.png.
+code's load and the same batches). Each child reports its peak RSS (VmHWM) and, at its
+end, the anonymous part of its RSS (its own memory) and the file-backed part (shared
+libraries and the page cache of the mapped corpus that its reads faulted in: shared
+between processes, dropped under memory pressure). A process that only imports jax and
+the data code gives the floor. Writes <out>.json and <out>.png.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ if sys.argv[5] != 'import':
     next(it)
   out.update(batches_s=time.perf_counter() - t0, windows=windows.num_windows)
 # VmHWM starts afresh at exec (wait4's ru_maxrss would start at the parent's size).
-hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
-out['peak_rss_mb'] = int(hwm.split()[1]) / 1024
+status = {l.split(':')[0]: int(l.split()[1]) / 1024 for l in open('/proc/self/status')
+          if l.startswith(('VmHWM:', 'RssAnon:', 'RssFile:'))}
+out.update(peak_rss_mb=status['VmHWM'], anon_mb=status['RssAnon'], file_mb=status['RssFile'])
 print(json.dumps(out))
 """
 
@@ -107,8 +111,9 @@ def main() -> None:
     for phase, checkout in phases:
       record = {'corpus_mb': size_mb, **run_child(checkout, corpus, cache, args, phase)}
       records.append(record)
-      print(f"{size_mb:>6,} MB  {phase:<8} peak RSS {record['peak_rss_mb']:>7,.0f} MiB  "
-            f"{record['seconds']:6.1f} s", flush=True)
+      print(f"{size_mb:>6,} MB  {phase:<8} peak RSS {record['peak_rss_mb']:>7,.0f} MiB "
+            f"(at the end: {record['anon_mb']:,.0f} anonymous, {record['file_mb']:,.0f} "
+            f"file-backed)  {record['seconds']:6.1f} s", flush=True)
     shutil.rmtree(cache, ignore_errors=True)
   result = {'floor_rss_mb': floor['peak_rss_mb'], 'records': records,
             'settings': {k: v for k, v in vars(args).items() if k != 'out'},
@@ -121,10 +126,14 @@ def main() -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   names = {'prepare': 'prepare (now)', 'read': f'{args.batches} batches, mapped (now)',
            'before': f'{args.batches} batches, read into RAM (before)'}
-  for phase, label in names.items():
-    pts = [(r['corpus_mb'], r['peak_rss_mb']) for r in records if r['phase'] == phase]
+  for (phase, label), color in zip(names.items(), ('C0', 'C1', 'C3')):
+    pts = [r for r in records if r['phase'] == phase]
     if pts:
-      ax.plot(*zip(*pts), marker='o', label=label)
+      sizes = [r['corpus_mb'] for r in pts]
+      ax.plot(sizes, [r['peak_rss_mb'] for r in pts], marker='o', color=color,
+              label=f'{label}: peak RSS')
+      ax.plot(sizes, [r['anon_mb'] for r in pts], marker='x', ls='--', color=color,
+              label=f'{label}: anonymous')
   ax.axhline(floor['peak_rss_mb'], color='gray', ls=':', label='imports only')
   ax.set_xscale('log')
   ax.set_xlabel('corpus size (MB)')
