@@ -43,13 +43,14 @@ _OP = re.compile(r'= (\(.*?\)|\S+) (' + '|'.join(COLLECTIVES) + r')(-start)?\(')
 _SHAPE = re.compile(r'(\w+)\[([\d,]*)\]')
 
 
-def _shape_bytes(text: str) -> int:
-  """Bytes of the last array shape in `text` (a -start op's tuple ends with its result)."""
+def _shape_bytes(text: str, started: bool) -> int:
+  """Bytes of a collective's result: every array of a multi-operand op's tuple; of an
+  async -start op's tuple (operand, result, ...), the result."""
   shapes = _SHAPE.findall(text)
-  if not shapes:
-    return 0
-  dtype, dims = shapes[-1]
-  return _BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(',') if d] or [1]))
+  if started:
+    shapes = shapes[1:2]
+  return sum(_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(',') if d] or [1]))
+             for dtype, dims in shapes)
 
 
 def collectives(hlo: str, s: int) -> dict:
@@ -64,7 +65,7 @@ def collectives(hlo: str, s: int) -> dict:
     m = _OP.search(line)
     if not m:
       continue
-    kind, size = m.group(2), _shape_bytes(m.group(1))
+    kind, size = m.group(2), _shape_bytes(m.group(1), bool(m.group(3)))
     factor = {'all-gather': (s - 1) / s, 'reduce-scatter': (s - 1) / s,
               'all-reduce': 2 * (s - 1) / s}.get(kind, 1.0)
     entry = out.setdefault(kind, {'count': 0, 'buffer_bytes': 0, 'received_bytes': 0.0,

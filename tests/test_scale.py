@@ -45,7 +45,7 @@ def test_fsdp_and_sequence_sharding_give_the_data_parallel_losses(tmp_path, atte
     np.testing.assert_allclose(losses, reference, rtol=1e-5, atol=1e-5, err_msg=str(mesh))
 
 
-def test_two_level_prefix_scan_equals_one_scan():
+def test_two_level_prefix_scan_and_chunk_shift_equal_the_one_run_forms():
   rng = np.random.default_rng(0)
   B, K, H, M, d = 2, 8, 2, 3, 4
   triples = (jnp.asarray(rng.normal(size=(B, K, H, M)), jnp.float32),
@@ -59,6 +59,11 @@ def test_two_level_prefix_scan_equals_one_scan():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='8 chunks do not split into 3 equal runs'):
     causal_latent.prefix_scan(triples, None, 3)
+  summaries = triples[2]
+  for shards in (1, 2, 4):
+    shifted = causal_latent.previous_chunk(summaries, shards)
+    np.testing.assert_array_equal(shifted[:, 1:], summaries[:, :-1])
+    assert not np.any(shifted[:, 0])
 
 
 def _per_device_bytes(shardings_tree, shapes_tree) -> int:

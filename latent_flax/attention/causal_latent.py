@@ -108,6 +108,19 @@ def prefix_scan(triples, decay_HM: jax.Array | None = None, shards: int = 1):
   return tuple(x.reshape((B, K) + x.shape[3:]) for x in merged[:3])
 
 
+def previous_chunk(x_BK: jax.Array, shards: int = 1) -> jax.Array:
+  """x[:, k - 1] at chunk k along axis 1, zeros at k = 0. With `shards` runs of chunks
+  (one per seq device) only each run's last chunk moves to the next run's device."""
+  if shards == 1:
+    return jnp.concatenate([jnp.zeros_like(x_BK[:, :1]), x_BK[:, :-1]], axis=1)
+  B, K = x_BK.shape[:2]
+  runs = sharding.constrain(x_BK.reshape((B, shards, K // shards) + x_BK.shape[2:]),
+                            sharding.BATCH, 'seq')
+  last = runs[:, :, -1:]
+  carried = jnp.concatenate([jnp.zeros_like(last[:, :1]), last[:, :-1]], axis=1)
+  return jnp.concatenate([carried, runs[:, :, :-1]], axis=2).reshape(x_BK.shape)
+
+
 class CausalLatentAttention(_LatentSteps):
   """Chunked causal latent block (design section 2).
 
@@ -192,14 +205,18 @@ class CausalLatentAttention(_LatentSteps):
     self.sow('intermediates', 'refined', r_BKMD)
 
     # Step 3: Y_t = X_t + MHA_expand(LN(X_t), [LN(R_{k-1}) ; LN(X[chunk k, <= t])]).
-    r_prev_BKMD = jnp.concatenate([jnp.zeros_like(r_BKMD[:, :1]), r_BKMD[:, :-1]], axis=1)
+    r_prev_BKMD = previous_chunk(r_BKMD, sharding.axis_size('seq'))
     xe_BKCD = st['ln_tokens_expand'](x_BKCD)
     q_BKCHd = st['expand'].project_q(xe_BKCD)
     k_lat_BKMHd, v_lat_BKMHd = st['expand'].project_kv(st['ln_latents_expand'](r_prev_BKMD))
     k_loc_BKHCd, v_loc_BKHCd = map(heads_first, st['expand'].project_kv(xe_BKCD))
-    out_BKHCd = expand_attention(*map(heads_first, (q_BKCHd, k_lat_BKMHd, v_lat_BKMHd)),
-                                 k_loc_BKHCd, v_loc_BKHCd, valid_BKC)
-    out_BKCHd = heads_first(out_BKHCd)
+    # Every [B, K, ...] operand on its chunks' seq shard (a no-op without a seq axis):
+    # left to itself, XLA moves whole chunks between devices to transpose them.
+    on_shard = lambda x: sharding.constrain(x, sharding.BATCH, 'seq')
+    out_BKHCd = expand_attention(*map(on_shard, map(heads_first, (q_BKCHd, k_lat_BKMHd,
+                                                                   v_lat_BKMHd))),
+                                 on_shard(k_loc_BKHCd), on_shard(v_loc_BKHCd), valid_BKC)
+    out_BKCHd = on_shard(heads_first(on_shard(out_BKHCd)))
     y_BKCD = st['expand'].project_out(out_BKCHd.astype(self.dtype))
     y_BND = y_BKCD.reshape(B, K * C, D)[:, :N]
 
@@ -399,8 +416,9 @@ def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd
   sin, cos = sin[None, None, None], cos[None, None, None]
   s_lat = jnp.einsum('bkhcd,bkhmd->bkhcm', q_BKHCd, k_lat_BKHMd,
                      preferred_element_type=jnp.float32) * scale
-  k_rot = k_loc_BKHCd if keys_rotated else rotate(k_loc_BKHCd, sin, cos)
-  s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', rotate(q_BKHCd, sin, cos), k_rot,
+  on_shard = lambda x: sharding.constrain(x, sharding.BATCH, 'seq')  # chunks stay put
+  k_rot = k_loc_BKHCd if keys_rotated else on_shard(rotate(k_loc_BKHCd, sin, cos))
+  s_loc = jnp.einsum('bkhcd,bkhsd->bkhcs', on_shard(rotate(q_BKHCd, sin, cos)), k_rot,
                      preferred_element_type=jnp.float32) * scale
   has_past = (jnp.arange(K) > 0) if has_past_K is None else has_past_K
   has_past = has_past[None, :, None, None, None]
