@@ -8,7 +8,7 @@
 from absl import flags
 from ml_collections import config_flags
 
-from latent_flax import cli, eval_lib, io_utils, tasks
+from latent_flax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional config (default: the workdir's config.json).", lock_config=True)
@@ -35,6 +35,7 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
+  from latent_flax import eval_lib, io_utils, tasks  # jax and the rest: not needed for --help
   config = cli.config_value(_CONFIG) if _CONFIG.value is not None else None
   r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, config,
                                    _NUM_EVAL_STEPS.value, _SPLIT.value, write=False,

@@ -8,7 +8,7 @@ import sys
 
 from absl import flags
 
-from latent_flax import cli, decode
+from latent_flax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
 _PROMPT = flags.DEFINE_string("prompt", "def ", "Text to continue (UTF-8 bytes are the tokens).")
@@ -25,6 +25,7 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
+  from latent_flax import decode  # jax and the rest: not needed for --help
   sampling = decode.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   r = decode.sample_from_checkpoint(_WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value,
                                     sampling, seed=_SEED.value, num_samples=_NUM_SAMPLES.value,

@@ -144,7 +144,8 @@ def main() -> None:
         print(f"{kind:<14} N={n:>7,} seq={s}  temp {r['temp_mb']:>8,.1f} MiB/device  "
               f"received {r['received_mb']:>8.2f} MiB/device  "
               + (f"step {r['step_s']:.2f} s" if 'step_s' in r else 'step not timed')
-              + f"  ({', '.join(f'{k} x{v['count']}' for k, v in r['collectives'].items())})",
+              + "  (" + ', '.join(f"{k} x{v['count']}" for k, v in r['collectives'].items())
+              + ")",
               flush=True)
         common.write_json(args.out + '.json', {'records': records, 'settings': vars(args),
                                                'date': time.strftime('%Y-%m-%d'),

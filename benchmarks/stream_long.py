@@ -60,23 +60,21 @@ def main() -> None:
   doc, sources = long_document(config, args.bytes)
   model = model_lib.build_model(config.model)
   restored = checkpoint.restore_workdir(args.workdir, config, model, None, params_only=True)
-  tokens = doc[None, :-1].astype(np.int32)
-  targets = doc[None, 1:].astype(np.int32)
-  weights = np.ones(targets.shape, np.float32)
-  loss_by_pos = np.zeros(args.bytes)
+  batch = {'inputs': doc[None, :-1].astype(np.int32), 'targets': doc[None, 1:].astype(np.int32),
+           'weights': np.ones((1, args.bytes), np.float32)}
   start_time = time.perf_counter()
-  last = start_time
-  for start, logits in decode.stream(model, restored.params, tokens, args.segment):
-    end = start + logits.shape[1]
-    ce, _ = evaluation.segment_ce(logits, targets[:, start:end], weights[:, start:end])
-    loss_by_pos[start:end] = np.asarray(ce, np.float64)
+  last = [start_time]
+
+  def progress(end, n):
     now = time.perf_counter()
-    if now - last > 10 or end == args.bytes:
+    if now - last[0] > 10 or end == n:
       rate = end / (now - start_time)
-      print(f"{end:>10,} / {args.bytes:,} bytes  {rate:,.0f} bytes/s  ETA "
-            f"{(args.bytes - end) / rate:,.0f} s  peak RSS {io_utils.peak_rss_mb():,.0f} MiB",
-            flush=True)
-      last = now
+      print(f"{end:>10,} / {n:,} bytes  {rate:,.0f} bytes/s  ETA {(n - end) / rate:,.0f} s  "
+            f"peak RSS {io_utils.peak_rss_mb():,.0f} MiB", flush=True)
+      last[0] = now
+
+  loss_by_pos = evaluation.stream_sums(model, restored.params, batch, args.segment,
+                                       progress)['loss_by_pos']
   seconds = time.perf_counter() - start_time
   per_token, fixed = decode.state_footprint(model)
   octaves = evaluation.bits_by_context(loss_by_pos, np.ones(args.bytes))

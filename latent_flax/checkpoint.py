@@ -23,18 +23,21 @@ from latent_flax import steps
 from latent_flax import tasks
 
 
-class _DropReadOnlyNotices(logging.Filter):
-  """Orbax's notices that a read-only manager is read-only (eval.py, generate.py)."""
+class _DropNotices(logging.Filter):
+  """Orbax's notices about what we do on purpose: that a read-only manager is read-only
+  (eval.py, generate.py), and that a step saved between evaluations has no metrics (it
+  is kept as one of the latest, never as the best)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not (record.levelno <= logging.WARNING
-                and ('read_only' in message or 'read only' in message))
+                and ('read_only' in message or 'read only' in message
+                     or 'did not provide metrics' in message))
 
 
 @contextlib.contextmanager
-def _quiet_read_only():
-  handler_filter = _DropReadOnlyNotices()
+def _quiet():
+  handler_filter = _DropNotices()
   absl_logger = logging.getLogger('absl')
   absl_logger.addFilter(handler_filter)
   try:
@@ -61,11 +64,20 @@ def manager(workdir: str, config: ml_collections.ConfigDict, *,
       best_fn=lambda m: m[metric], best_mode='min' if task.lower_is_better else 'max',
       cleanup_tmp_directories=not read_only, enable_async_checkpointing=not read_only,
       save_interval_steps=0 if read_only else 1)
-  with _quiet_read_only():
+  with _quiet():
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
                                  options=options,
                                  item_handlers={'state': ocp.StandardCheckpointHandler(),
                                                 'data': ocp.JsonCheckpointHandler()})
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
+         metrics: dict | None) -> None:
+  """Starts writing step's checkpoint (state, data position, eval metrics if evaluated)."""
+  with _quiet():
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=ocp.args.JsonSave(data_state)),
+              metrics=metrics)
 
 
 def abstract_state(model, config, sharding) -> steps.TrainState:
@@ -194,7 +206,7 @@ def _still_saved(workdir: str, config, step: int) -> bool:
 
 def _restore_params(workdir: str, step: int, target: steps.TrainState) -> Restored:
   """The parameters of `step` alone (a partial restore: no optimizer state is read)."""
-  with _quiet_read_only():
+  with _quiet():
     params_mngr = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, 'checkpoints')),
         options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0),

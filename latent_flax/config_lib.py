@@ -18,6 +18,7 @@ import ml_collections
 from latent_flax import io_utils, tasks
 from latent_flax import model as model_lib
 from latent_flax import sharding
+from latent_flax.checks import need, need_int
 from latent_flax.attention import registry as attention_registry
 
 PARALLELISM = ('pmap', 'jit')
@@ -88,56 +89,44 @@ def apply_overrides(config: ml_collections.ConfigDict, arg: str | None
   return config
 
 
-def _need(ok: bool, message: str) -> None:
-  if not ok:
-    raise ValueError(message)
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with one line naming the bad field and what is allowed."""
   tasks.validate(config.data)
   model_lib.validate_model_config(config.model, task=tasks.get(config.data.name).kind)
   for name in ('num_train_steps', 'per_device_batch_size', 'log_every_steps',
                'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
-    value = config[name]
-    _need(_is_int(value) and value >= 1, f"config.{name}={value!r} must be an integer >= 1.")
-  _need(_is_int(config.num_eval_steps) and config.num_eval_steps >= 0,
-        f"config.num_eval_steps={config.num_eval_steps!r} must be an integer >= 0 (0 = all).")
-  _need(_is_int(config.warmup_steps) and config.warmup_steps >= 0,
-        f"config.warmup_steps={config.warmup_steps!r} must be an integer >= 0.")
+    need_int(f'config.{name}', config[name])
+  need_int('config.num_eval_steps', config.num_eval_steps, 0, ' (0 = all)')
+  need_int('config.warmup_steps', config.warmup_steps, 0)
   lr = config.learning_rate
-  _need(isinstance(lr, (int, float)) and 0 < lr <= 1.0,
-        f"config.learning_rate={lr!r} must be in (0, 1].")
-  _need(config.weight_decay >= 0, f"config.weight_decay={config.weight_decay!r} must be >= 0.")
-  _need(config.grad_clip_norm >= 0,
-        f"config.grad_clip_norm={config.grad_clip_norm!r} must be >= 0 (0 = no clipping).")
-  _need(config.parallelism in PARALLELISM,
-        f"config.parallelism={config.parallelism!r} is unknown; use one of {list(PARALLELISM)}.")
+  need(isinstance(lr, (int, float)) and 0 < lr <= 1.0,
+       f"config.learning_rate={lr!r} must be in (0, 1].")
+  need(config.weight_decay >= 0, f"config.weight_decay={config.weight_decay!r} must be >= 0.")
+  need(config.grad_clip_norm >= 0,
+       f"config.grad_clip_norm={config.grad_clip_norm!r} must be >= 0 (0 = no clipping).")
+  need(config.parallelism in PARALLELISM,
+       f"config.parallelism={config.parallelism!r} is unknown; use one of {list(PARALLELISM)}.")
   mesh = config.get('mesh') or {}
   unknown = sorted(set(mesh) - set(sharding.AXES))
-  _need(not unknown, f"config.mesh has no axis {unknown[0]!r}; its axes are "
-        f"{list(sharding.AXES)}." if unknown else '')
+  need(not unknown, f"config.mesh has no axis {unknown[0]!r}; its axes are "
+       f"{list(sharding.AXES)}." if unknown else '')
 
 
 def validate_layout(config: ml_collections.ConfigDict, device_count: int) -> tuple[int, ...]:
   """config.mesh on `device_count` devices, and what a seq axis needs; one line if not.
   Returns the (data, fsdp, seq) sizes."""
   data, fsdp, seq = sharding.mesh_shape(config.get('mesh'), device_count)
-  _need(config.parallelism == 'jit' or (fsdp, seq) == (1, 1),
-        f"config.mesh fsdp={fsdp}, seq={seq} needs config.parallelism='jit'; pmap only "
-        "splits the batch.")
+  need(config.parallelism == 'jit' or (fsdp, seq) == (1, 1),
+       f"config.mesh fsdp={fsdp}, seq={seq} needs config.parallelism='jit'; pmap only "
+       "splits the batch.")
   if seq > 1:
     n = config.data.seq_len
     chunk = attention_registry.get(config.model.attention).seq_split_unit(config.model)
     unit = chunk * seq
-    _need(n % unit == 0,
-          f"config.data.seq_len={n} must be a multiple of {unit} to split along "
-          f"config.mesh.seq={seq}" + (f" in whole chunks of {chunk}" if chunk > 1 else '')
-          + "; change either.")
+    need(n % unit == 0,
+         f"config.data.seq_len={n} must be a multiple of {unit} to split along "
+         f"config.mesh.seq={seq}" + (f" in whole chunks of {chunk}" if chunk > 1 else '')
+         + "; change either.")
   return data, fsdp, seq
 
 

@@ -46,17 +46,18 @@ class Sampling:
       raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 = off).")
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
+@functools.partial(jax.jit, static_argnames=('model', 'cache_len', 'every_position'))
 def prefill(model: model_lib.LanguageModel, params, prompt_BP: jax.Array,
-            cache_len: int | None = None):
-  """Parallel pass over the prompt: (logits of its last position [B, V], decoding state).
+            cache_len: int | None = None, every_position: bool = False):
+  """Parallel pass over the prompt: (logits of its last position [B, V], or of every
+  position [B, P, V] with `every_position`; decoding state).
 
   The state equals what feeding the prompt one token at a time would leave.
   `cache_len` is the longest length the state must hold (full attention only).
   """
   logits_BPV, variables = model.apply({'params': params}, prompt_BP, decode='prefill',
                                       cache_len=cache_len, mutable=['cache'])
-  return logits_BPV[:, -1], variables['cache']
+  return (logits_BPV if every_position else logits_BPV[:, -1]), variables['cache']
 
 
 @functools.partial(jax.jit, static_argnames=('model',), donate_argnames=('cache',))
@@ -76,13 +77,6 @@ def extend(model: model_lib.LanguageModel, params, cache, tokens_BS: jax.Array):
   return logits_BSV, variables['cache']
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'cache_len'))
-def _prefill_all(model, params, tokens_BS, cache_len: int):
-  logits_BSV, variables = model.apply({'params': params}, tokens_BS, decode='prefill',
-                                      cache_len=cache_len, mutable=['cache'])
-  return logits_BSV, variables['cache']
-
-
 def stream(model: model_lib.LanguageModel, params, tokens_BN, segment: int):
   """Logits of every position of tokens_BN, computed `segment` tokens at a time, each
   segment starting from the state the previous one left; yields (start, logits [B, S, V]).
@@ -94,7 +88,7 @@ def stream(model: model_lib.LanguageModel, params, tokens_BN, segment: int):
   n = tokens_BN.shape[1]
   if segment < 1:
     raise ValueError(f"segment={segment} must be >= 1 token.")
-  logits_BSV, cache = _prefill_all(model, params, tokens_BN[:, :segment], n)
+  logits_BSV, cache = prefill(model, params, tokens_BN[:, :segment], n, every_position=True)
   yield 0, logits_BSV
   for start in range(segment, n, segment):
     logits_BSV, cache = extend(model, params, cache, tokens_BN[:, start:start + segment])

@@ -35,8 +35,9 @@ def evaluate(parallel, params, task, sets: dict, main: str, global_batch: int,
   return task.summarize(results, main)
 
 
-def stream_sums(model, params, batch: dict, segment: int) -> dict:
-  """eval_step's sums for one batch of windows, computed segment by segment."""
+def stream_sums(model, params, batch: dict, segment: int, progress=None) -> dict:
+  """eval_step's sums for one batch of windows, computed segment by segment;
+  `progress(end, n)` after each segment if given."""
   from latent_flax import decode  # decode imports eval_lib, which imports this module
   targets, weights = batch['targets'], batch['weights']
   n = targets.shape[1]
@@ -46,6 +47,8 @@ def stream_sums(model, params, batch: dict, segment: int) -> dict:
     ce, correct = segment_ce(logits, targets[:, start:end], weights[:, start:end])
     loss_by_pos[start:end] = np.asarray(ce, np.float64)
     correct_sum += float(correct)
+    if progress is not None:
+      progress(end, n)
   return {'loss_sum': loss_by_pos.sum(), 'correct_sum': correct_sum,
           'weight_sum': float(weights.sum()), 'loss_by_pos': loss_by_pos,
           'weight_by_pos': weights.sum(0)}

@@ -30,6 +30,7 @@ import ml_collections
 from latent_flax import sharding
 from latent_flax.attention import registry
 from latent_flax.attention.primitives import ATTENTION_IMPLS
+from latent_flax.checks import need, need_int
 
 VOCAB_SIZE = 256
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -99,15 +100,9 @@ def validate_model_config(config: ml_collections.ConfigDict | ModelConfig, *,
   """Returns the config as a ModelConfig or raises ValueError with one clear line."""
   cfg = config if isinstance(config, ModelConfig) else ModelConfig.from_config(config)
 
-  def need(ok: bool, message: str):
-    if not ok:
-      raise ValueError(message)
-
   kind = registry.get(cfg.attention)
   for name in ('num_latents', 'num_heads', 'chunk_size', 'emb_dim', 'mlp_dim', 'num_layers'):
-    value = getattr(cfg, name)
-    need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-         f"config.model.{name}={value!r} must be an integer >= 1.")
+    need_int(f'config.model.{name}', getattr(cfg, name))
   need(cfg.emb_dim % cfg.num_heads == 0,
        f"config.model.emb_dim={cfg.emb_dim} is not divisible by num_heads={cfg.num_heads}; "
        f"pick num_heads among {[h for h in range(1, cfg.emb_dim + 1) if cfg.emb_dim % h == 0]}.")

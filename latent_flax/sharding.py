@@ -22,6 +22,8 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
+from latent_flax.checks import is_int
+
 AXES = ('data', 'fsdp', 'seq')
 BATCH = ('data', 'fsdp')  # the axes that split batch rows
 
@@ -32,7 +34,7 @@ def mesh_shape(mesh_config, device_count: int) -> tuple[int, int, int]:
   mesh_config = mesh_config or {}
   sizes = [mesh_config.get(a, -1 if a == 'data' else 1) for a in AXES]
   for axis, size in zip(AXES, sizes):
-    if not isinstance(size, int) or isinstance(size, bool) or (size < 1 and size != -1):
+    if not is_int(size) or (size < 1 and size != -1):
       raise ValueError(f"config.mesh.{axis}={size!r} must be an integer >= 1, or -1 for the "
                        "devices left.")
   if sizes.count(-1) > 1:

@@ -20,7 +20,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import orbax.checkpoint as ocp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -180,10 +179,8 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
       f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}")
 
   def save(step: int, metrics: dict | None):
-    mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(parallel.global_state(state)),
-        data=ocp.args.JsonSave({**train_iter.get_state(), 'elapsed_s': elapsed()})),
-        metrics=metrics)
+    checkpoint.save(mngr, step, parallel.global_state(state),
+                    {**train_iter.get_state(), 'elapsed_s': elapsed()}, metrics)
 
   session_start = time.time()
   elapsed = lambda: elapsed_before + time.time() - session_start  # training wall time, all sessions

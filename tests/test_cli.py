@@ -56,7 +56,9 @@ def test_a_plain_python_entry_point_gets_huge_pages(tmp_path):
 
 def test_train_eval_generate_import_no_tensorflow_and_print_no_foreign_warnings(children,
                                                                                  tmp_path):
-  config_path, workdir = write_config_module(tmp_path), str(tmp_path / 'run')
+  # Checkpoints between evaluations too (steps 2 and 4: saved without metrics).
+  config_path = write_config_module(tmp_path, checkpoint_every_steps=2)
+  workdir = str(tmp_path / 'run')
   for argv in (train_argv(config_path, workdir), ['eval.py', f'--workdir={workdir}'],
                ['generate.py', f'--workdir={workdir}', '--prompt=ab', '--max_new_tokens=4']):
     child = children(['-m', 'tests.entry_points_probe'] + argv)

@@ -20,6 +20,7 @@ from latent_flax.attention.causal_latent import LATENT_DECAYS, CausalLatentAtten
 from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
 from latent_flax.attention.mla import DECODE_PATHS, MultiHeadLatentAttention
+from latent_flax.checks import need_int
 
 # How a report abbreviates the fields kinds read (the rest are printed by name).
 # '' leaves a field out of labels (it changes how, not what, is computed).
@@ -144,12 +145,8 @@ def _mla_flops(cfg, n: int) -> float:
 
 def _validate_mla(cfg) -> None:
   for name in ('kv_lora_rank', 'rope_head_dim', 'head_dim', 'v_head_dim'):
-    value = getattr(cfg, name)
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-      raise ValueError(f"config.model.{name}={value!r} must be an integer >= 1.")
-  if not (isinstance(cfg.q_lora_rank, int) and cfg.q_lora_rank >= 0):
-    raise ValueError(f"config.model.q_lora_rank={cfg.q_lora_rank!r} must be an integer >= 0 "
-                     "(0 = no query compression).")
+    need_int(f'config.model.{name}', getattr(cfg, name))
+  need_int('config.model.q_lora_rank', cfg.q_lora_rank, 0, ' (0 = no query compression)')
   if cfg.rope_head_dim % 2:
     raise ValueError(f"config.model.rope_head_dim={cfg.rope_head_dim} must be even (rotary "
                      "embeddings rotate pairs of channels).")

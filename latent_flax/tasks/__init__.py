@@ -6,6 +6,7 @@
   listops.py   ListOps classification (Long Range Arena)
 """
 
+from latent_flax.checks import need_int
 from latent_flax.tasks import registry
 from latent_flax.tasks.registry import Task, get, names, register
 
@@ -26,6 +27,5 @@ def validate(data_config) -> None:
   """One-line ValueError for a bad config.data (unknown name, bad seq_len or task fields)."""
   task = get(data_config.name)
   seq_len = data_config.get('seq_len')
-  if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
-    raise ValueError(f"config.data.seq_len={seq_len!r} must be an integer >= 1.")
+  need_int('config.data.seq_len', seq_len)
   task.validate(data_config)

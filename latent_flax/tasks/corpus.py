@@ -29,6 +29,7 @@ import sysconfig
 import numpy as np
 
 from latent_flax import data as data_lib
+from latent_flax.checks import need_int
 from latent_flax.tasks import byte_cache, registry, tfds_source
 
 # How evaluation cuts a split: 'stream', windows at stride seq_len over the documents
@@ -259,9 +260,7 @@ class Corpus(registry.Task):
 
   def validate(self, data_config) -> None:
     least = data_config.get('min_document_bytes') or 0
-    if not isinstance(least, int) or isinstance(least, bool) or least < 0:
-      raise ValueError(f"config.data.min_document_bytes={least!r} must be an integer >= 0 "
-                       "(0 = every document).")
+    need_int('config.data.min_document_bytes', least, 0, ' (0 = every document)')
     windows = data_config.get('eval_windows') or 'stream'
     if windows not in EVAL_WINDOWS:
       raise ValueError(f"config.data.eval_windows={windows!r} is unknown; use one of "

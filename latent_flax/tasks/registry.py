@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from latent_flax.checks import need_int
+
 LN2 = 0.6931471805599453
 # The metrics tasks rank runs by: {name: (label, lower is better)}.
 METRICS = {'eval_bits_per_byte': ('eval bits per byte (lower is better)', True),
@@ -52,10 +54,8 @@ class Task:
   def validate(self, data_config) -> None:
     """One-line ValueError for a bad config.data; called before anything is built."""
     for field, low in self.int_fields.items():
-      value = data_config.get(field)
-      if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"config.data.{field}={value!r} must be an integer >= {low} for data "
-                         f"set {self.name!r} (see {self.config_example}).")
+      need_int(f'config.data.{field}', data_config.get(field), low,
+               f" for data set {self.name!r} (see {self.config_example})")
 
   def load(self, data_config, split: str):
     """data.Windows or data.Examples of `split`."""
