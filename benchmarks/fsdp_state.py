@@ -62,9 +62,8 @@ def main() -> None:
       records.append({'model': name, 'params': params, 'fsdp': fsdp, 'state_mb': mb})
       print(f"{name:<11} {params / 1e6:>8.2f} M parameters  fsdp={fsdp}  "
             f"{mb:>10,.1f} MiB of state per device", flush=True)
-  common.write_json(args.out + '.json', {'records': records, 'settings': vars(args),
-                                         'date': time.strftime('%Y-%m-%d'),
-                                         'command': ' '.join(sys.argv)})
+  common.write_records(args, records, date=time.strftime('%Y-%m-%d'),
+                           command=' '.join(sys.argv))
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and .png")
 

@@ -147,9 +147,8 @@ def main() -> None:
               + "  (" + ', '.join(f"{k} x{v['count']}" for k, v in r['collectives'].items())
               + ")",
               flush=True)
-        common.write_json(args.out + '.json', {'records': records, 'settings': vars(args),
-                                               'date': time.strftime('%Y-%m-%d'),
-                                               'command': ' '.join(sys.argv)})
+        common.write_records(args, records, date=time.strftime('%Y-%m-%d'),
+                           command=' '.join(sys.argv))
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and .png")
 
