@@ -409,7 +409,17 @@ def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd
   absolute ones); latent keys get none. Returns o_BKHCd in float32.
   `keys_rotated`: the local keys already carry their rotary positions. `has_past_K`:
   which chunks have a previous summary (default: all but chunk 0).
+
+  The backward pass recomputes the scores from these inputs (jax.checkpoint, as a
+  flash kernel does): it keeps O(N·D) per layer instead of the O(N·H·(C + M)) scores,
+  probabilities and masks.
   """
+  return _expand_recomputed(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd,
+                            valid_BKC, has_past_K, keys_rotated)
+
+
+def _expand(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd, valid_BKC,
+            has_past_K, keys_rotated: bool):
   _, K, _, C, d = q_BKHCd.shape
   scale = d ** -0.5
   sin, cos = rotary_table(C, d)
@@ -428,3 +438,7 @@ def expand_attention(q_BKHCd, k_lat_BKHMd, v_lat_BKHMd, k_loc_BKHCd, v_loc_BKHCd
     mask_loc = mask_loc & valid_BKC[:, :, None, None, :]
   s_loc = jnp.where(mask_loc, s_loc, NEG_INF)
   return attend_two_parts(s_lat, v_lat_BKHMd, s_loc, v_loc_BKHCd)
+
+
+_expand_recomputed = jax.checkpoint(_expand, static_argnums=(7,),
+                                    policy=jax.checkpoint_policies.nothing_saveable)
