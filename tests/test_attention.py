@@ -221,3 +221,33 @@ def test_full_attention_causal_and_bidirectional():
   bidir = attention.FullAttention(num_heads=H, causal=False)
   y3 = bidir.apply(params, x.at[:, 10].add(_x(1, seed=9)[:, 0]))
   assert np.abs(np.asarray(y3[:, :10] - bidir.apply(params, x)[:, :10])).max() > 1e-4
+
+
+def _residual_shapes(f, *args) -> set[tuple[int, ...]]:
+  """Shapes of what the backward pass of f keeps (jax's public print_saved_residuals)."""
+  import contextlib
+  import io
+  import re
+  from jax.ad_checkpoint import print_saved_residuals
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    print_saved_residuals(f, *args)
+  return {tuple(int(n) for n in dims.split(',') if n)
+          for dims in re.findall(r'^\w+\[([\d,]*)\]', out.getvalue(), re.M)}
+
+
+def test_expand_step_keeps_no_scores_for_the_backward_pass():
+  """The backward pass recomputes the expand step's [C, C] and [C, M] scores (jax.checkpoint)
+  instead of keeping them; the gradients equal those of the kept form."""
+  from latent_flax.attention import causal_latent
+  B, K, H, C, M, d = 1, 4, 2, 8, 3, 4
+  rng = np.random.default_rng(0)
+  shapes = [(B, K, H, C, d), (B, K, H, M, d), (B, K, H, M, d), (B, K, H, C, d), (B, K, H, C, d)]
+  args = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+  loss = lambda f: lambda *a: (f(*a, None, None, False) ** 2).sum()
+  scores = {(B, K, H, C, C), (B, K, H, C, M)}
+  assert _residual_shapes(loss(causal_latent._expand), *args) & scores  # kept without it
+  assert not _residual_shapes(loss(causal_latent._expand_recomputed), *args) & scores
+  grads = [jax.grad(loss(f), argnums=range(5))(*args)
+           for f in (causal_latent._expand, causal_latent._expand_recomputed)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), *grads)
