@@ -12,8 +12,9 @@ WORKDIR ?= runs/m64
 # with it the N=65,536 layer ran 17% faster (README, Benchmarks). Ignored elsewhere.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # Test files run in parallel (pytest-xdist, a file's tests stay together), one worker
-# per core up to 4: on 2 cores the suite (218 tests, Python 3.12) took 9 min 50 s to 10 min 20 s on
-# 2026-12-02. tests/conftest.py sets the 4 fake CPU devices and the compile flags.
+# per core up to 4: on 2 cores the suite (218 tests, Python 3.12) took 9 min 50 s to
+# 10 min 20 s on 2026-12-02. tests/conftest.py sets the 4 fake CPU devices and the
+# compile flags.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
 .PHONY: setup lock train eval test bench peers peers-venv
