@@ -138,9 +138,12 @@ def _read_first_line(path: str) -> str:
     return ''
 
 def write_records(args, records: list[dict], **extra) -> None:
-  """<args.out>.json: the script's arguments, this machine, the records so far and `extra`."""
+  """<args.out>.json: the script's arguments and command line, the date, this machine,
+  the records so far and `extra`."""
   write_json(args.out + '.json',
-             {'config': vars(args), 'machine': machine_info(), 'records': records, **extra})
+             {'config': vars(args), 'command': ' '.join(sys.argv),
+              'date': time.strftime('%Y-%m-%d'), 'machine': machine_info(), 'records': records,
+              **extra})
 
 def style_log_axes(ax, xlabel: str, ylabel: str, *, log_y: bool = True) -> None:
   """Log2 x axis (lengths), optionally log y, grid and legend: every benchmark plot."""

@@ -24,35 +24,23 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.seq_parallel import lm_config  # noqa: E402
-from latent_flax import checkpoint, config_lib, steps  # noqa: E402
+from benchmarks.seq_parallel import LMStep  # noqa: E402
+from latent_flax import io_utils  # noqa: E402
 from latent_flax.attention import causal_latent  # noqa: E402
-from latent_flax.parallel import Parallel  # noqa: E402
 
 VARIANTS = {'kept': causal_latent._expand, 'recomputed': causal_latent._expand_recomputed}
 
 
 def build(variant: str, n: int) -> dict:
-  """A compiled train step of `variant`, its state and batch, and its temp memory."""
+  """A compiled train step of `variant` after its warm-up step, and its temp memory."""
   causal_latent._expand_recomputed = VARIANTS[variant]  # read when the step is traced
   try:
-    config = lm_config('causal_latent', n)
-    config.mesh.update(data=1, fsdp=1, seq=1)
-    model = config_lib.build_model(config)
-    parallel = Parallel('jit', model, config, devices=jax.devices()[:1])
-    target = checkpoint.abstract_state(model, config, parallel.shard_state_like)
-    shapes = {'inputs': ((1, n), np.int32), 'targets': ((1, n), np.int32),
-              'weights': ((1, n), np.float32)}
-    memory = parallel.lower_train_step(target, shapes).compile().memory_analysis()
-    init = steps.make_init_fn(model, config)
-    state = jax.jit(lambda r: parallel.lay_out(init(r)))(jax.random.key(0))
-    tokens = np.random.default_rng(0).integers(0, 256, (1, n + 1)).astype(np.int32)
-    batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-             'weights': np.ones((1, n), np.float32)}
-    key = parallel.put_rng(jax.random.key(1))
-    state, metrics = parallel.train_step(state, batch, key)  # compiles; the warm-up step
-    return {'parallel': parallel, 'state': state, 'batch': batch, 'key': key, 'times': [],
-            'temp_mb': memory.temp_size_in_bytes / 2**20, 'loss': float(metrics['loss'])}
+    step = LMStep('causal_latent', n, 1)
+    state, batch, key = step.start()
+    state, metrics = step.parallel.train_step(state, batch, key)  # compiles; the warm-up
+    return {'parallel': step.parallel, 'state': state, 'batch': batch, 'key': key,
+            'times': [], 'loss': float(metrics['loss']),
+            'temp_mb': step.compiled.memory_analysis().temp_size_in_bytes / 2**20}
   finally:
     causal_latent._expand_recomputed = VARIANTS['recomputed']
 
@@ -82,16 +70,13 @@ def main() -> None:
           f"{kept['step_s']:.3f} -> {recomputed['step_s']:.3f} s (recomputed / kept "
           f"{recomputed['step_s'] / kept['step_s']:.2f}); first loss {kept['first_loss']:.6f} "
           f"/ {recomputed['first_loss']:.6f}", flush=True)
-    common.write_records(args, records, date=time.strftime('%Y-%m-%d'),
-                         command=' '.join(sys.argv))
+    common.write_records(args, records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and .png")
 
 
 def plot(records: list[dict], path: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = io_utils.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for v in VARIANTS:
     rows = [r for r in records if r['variant'] == v]

@@ -19,14 +19,13 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import m64  # noqa: E402
-from latent_flax import checkpoint, config_lib  # noqa: E402
+from latent_flax import checkpoint, config_lib, io_utils  # noqa: E402
 from latent_flax.parallel import Parallel  # noqa: E402
 
 MODELS = {
@@ -62,16 +61,13 @@ def main() -> None:
       records.append({'model': name, 'params': params, 'fsdp': fsdp, 'state_mb': mb})
       print(f"{name:<11} {params / 1e6:>8.2f} M parameters  fsdp={fsdp}  "
             f"{mb:>10,.1f} MiB of state per device", flush=True)
-  common.write_records(args, records, date=time.strftime('%Y-%m-%d'),
-                           command=' '.join(sys.argv))
+  common.write_records(args, records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and .png")
 
 
 def plot(records: list[dict], path: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
   for name in MODELS:
     rows = [r for r in records if r['model'] == name]

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import base  # noqa: E402
-from latent_flax import checkpoint, config_lib, steps  # noqa: E402
+from latent_flax import checkpoint, config_lib, io_utils, steps  # noqa: E402
 from latent_flax.parallel import Parallel  # noqa: E402
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'collective-permute', 'all-to-all', 'reduce-scatter')
@@ -86,36 +86,49 @@ def lm_config(kind: str, n: int):
   return config
 
 
+class LMStep:
+  """The jit LM train step of lm_config(kind, n) on mesh (1, 1, s), compiled for shapes
+  alone (`compiled`: its memory analysis and HLO); `start()` gives a state, one row of
+  random bytes and a key to run it with."""
+
+  def __init__(self, kind: str, n: int, s: int):
+    self.n = n
+    self.config = lm_config(kind, n)
+    self.config.mesh.update(data=1, fsdp=1, seq=s)
+    config_lib.validate_layout(self.config, s)
+    self.model = config_lib.build_model(self.config)
+    self.parallel = Parallel('jit', self.model, self.config, devices=jax.devices()[:s])
+    target = checkpoint.abstract_state(self.model, self.config, self.parallel.shard_state_like)
+    shapes = {'inputs': ((1, n), jnp.int32), 'targets': ((1, n), jnp.int32),
+              'weights': ((1, n), jnp.float32)}
+    t0 = time.perf_counter()
+    self.compiled = self.parallel.lower_train_step(target, shapes).compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def start(self):
+    """(state, batch, key) for parallel.train_step."""
+    init = steps.make_init_fn(self.model, self.config)
+    state = jax.jit(lambda r: self.parallel.lay_out(init(r)))(jax.random.key(0))
+    tokens = np.random.default_rng(0).integers(0, 256, (1, self.n + 1)).astype(np.int32)
+    batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+             'weights': np.ones((1, self.n), np.float32)}
+    return state, batch, self.parallel.put_rng(jax.random.key(1))
+
+
 def measure(kind: str, n: int, s: int, timed: bool, num_steps: int) -> dict:
-  config = lm_config(kind, n)
-  config.mesh.update(data=1, fsdp=1, seq=s)
-  config_lib.validate_layout(config, s)
-  model = config_lib.build_model(config)
-  parallel = Parallel('jit', model, config, devices=jax.devices()[:s])
-  target = checkpoint.abstract_state(model, config, parallel.shard_state_like)
-  shapes = {'inputs': ((1, n), jnp.int32), 'targets': ((1, n), jnp.int32),
-            'weights': ((1, n), jnp.float32)}
-  t0 = time.perf_counter()
-  compiled = parallel.lower_train_step(target, shapes).compile()
-  compile_s = time.perf_counter() - t0
-  memory = compiled.memory_analysis()
-  record = {'kind': kind, 'n': n, 'seq': s, 'compile_s': compile_s,
+  step = LMStep(kind, n, s)
+  memory = step.compiled.memory_analysis()
+  record = {'kind': kind, 'n': n, 'seq': s, 'compile_s': step.compile_s,
             'temp_mb': memory.temp_size_in_bytes / 2**20,
             'argument_mb': memory.argument_size_in_bytes / 2**20,
-            'collectives': collectives(compiled.as_text(), s)}
+            'collectives': collectives(step.compiled.as_text(), s)}
   record['received_mb'] = sum(c['received_bytes'] for c in record['collectives'].values()) / 2**20
   if timed:
-    init = steps.make_init_fn(model, config)
-    state = jax.jit(lambda r: parallel.lay_out(init(r)))(jax.random.key(0))
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, 256, (1, n + 1)).astype(np.int32)
-    batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-             'weights': np.ones((1, n), np.float32)}
-    key = parallel.put_rng(jax.random.key(1))
+    state, batch, key = step.start()
     times = []
     for _ in range(num_steps + 1):
       t0 = time.perf_counter()
-      state, metrics = parallel.train_step(state, batch, key)
+      state, metrics = step.parallel.train_step(state, batch, key)
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - t0)
     record['step_s'] = float(np.median(times[1:]))
@@ -147,16 +160,13 @@ def main() -> None:
               + "  (" + ', '.join(f"{k} x{v['count']}" for k, v in r['collectives'].items())
               + ")",
               flush=True)
-        common.write_records(args, records, date=time.strftime('%Y-%m-%d'),
-                           command=' '.join(sys.argv))
+        common.write_records(args, records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and .png")
 
 
 def plot(records: list[dict], path: str) -> None:
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = io_utils.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   kinds = sorted({r['kind'] for r in records})
   for kind, ls in zip(kinds, ('-', '--')):

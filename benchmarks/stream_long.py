@@ -63,15 +63,16 @@ def main() -> None:
   batch = {'inputs': doc[None, :-1].astype(np.int32), 'targets': doc[None, 1:].astype(np.int32),
            'weights': np.ones((1, args.bytes), np.float32)}
   start_time = time.perf_counter()
-  last = [start_time]
+  last = start_time
 
   def progress(end, n):
+    nonlocal last
     now = time.perf_counter()
-    if now - last[0] > 10 or end == n:
+    if now - last > 10 or end == n:
       rate = end / (now - start_time)
       print(f"{end:>10,} / {n:,} bytes  {rate:,.0f} bytes/s  ETA {(n - end) / rate:,.0f} s  "
             f"peak RSS {io_utils.peak_rss_mb():,.0f} MiB", flush=True)
-      last[0] = now
+      last = now
 
   loss_by_pos = evaluation.stream_sums(model, restored.params, batch, args.segment,
                                        progress)['loss_by_pos']
