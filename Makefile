@@ -21,10 +21,11 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 :
 
 # requirements.lock pins every distribution of the tested environment; `make lock`
 # rebuilds it from requirements.txt (the direct dependencies).
-$(VENV)/.installed: requirements.lock
+$(VENV)/.installed: requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python 3.12 not found; run with PYTHON=/path/to/python3.12"; exit 1; }
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m pip check -q
 	touch $@
 

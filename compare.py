@@ -1,6 +1,6 @@
 """Compare training runs: a table and eval-metric curves against steps and wall-clock.
 
-    python compare.py --workdir=runs/listops_m64 --workdir=runs/listops_full --out=docs/listops
+    python compare.py --workdir=runs/listops_m64 --workdir=runs/listops_full --out=docs/results/listops
 
 Reads each workdir's config.json, metrics.jsonl and eval.py's eval_test_step_S.json
 (run `python eval.py --workdir=W --split=test` first for a test column).
@@ -8,7 +8,8 @@ Reads each workdir's config.json, metrics.jsonl and eval.py's eval_test_step_S.j
 
 from absl import flags
 
-from latent_flax import cli, compare_lib
+from latent_flax.system import cli
+from latent_flax.experiments import report as report_lib
 
 _WORKDIRS = flags.DEFINE_multi_string("workdir", None, "A train.py workdir (repeat the flag).")
 _OUT = flags.DEFINE_string("out", None, "Directory for compare.md and the PNGs.")
@@ -18,8 +19,8 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 def main(argv):
   del argv
-  rows = [compare_lib.summarize(w) for w in _WORKDIRS.value]
-  paths = compare_lib.write(rows, _OUT.value, _TITLE.value)
+  rows = [report_lib.summarize(w) for w in _WORKDIRS.value]
+  paths = report_lib.write(rows, _OUT.value, _TITLE.value)
   print(open(paths[0]).read().split('\n![')[0])
   print(f"wrote {', '.join(paths)}")
 

@@ -8,7 +8,7 @@
 from absl import flags
 from ml_collections import config_flags
 
-from latent_flax import cli
+from latent_flax.system import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Optional config (default: the workdir's config.json).", lock_config=True)
@@ -35,9 +35,11 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  from latent_flax import eval_lib, io_utils, tasks  # jax and the rest: not needed for --help
+  from latent_flax.evaluation import runs
+  from latent_flax.system import io_utils
+  from latent_flax import tasks  # jax and the rest: not needed for --help
   config = cli.config_value(_CONFIG) if _CONFIG.value is not None else None
-  r = eval_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value, config,
+  r = runs.evaluate_checkpoint(_WORKDIR.value, _STEP.value, config,
                                    _NUM_EVAL_STEPS.value, _SPLIT.value, write=False,
                                    seq_len=_SEQ_LEN.value, windows=_WINDOWS.value,
                                    stream_segment=_STREAM_SEGMENT.value)
@@ -46,7 +48,7 @@ def main(argv):
     io_utils.write_json(r['path'], {k: v for k, v in r.items() if k != 'path'})
   except OSError as e:  # a read-only workdir: the result above is all there is
     cli.fail(f"the result above was not saved: {cli.describe(e)}", code=1)
-  png = eval_lib.plot_by_context(r, r['path'][:-len('.json')] + '.png')
+  png = runs.plot_by_context(r, r['path'][:-len('.json')] + '.png')
   print(f"wrote {r['path']}" + (f" and {png}" if png else ''))
 
 

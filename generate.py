@@ -8,7 +8,7 @@ import sys
 
 from absl import flags
 
-from latent_flax import cli
+from latent_flax.system import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
 _PROMPT = flags.DEFINE_string("prompt", "def ", "Text to continue (UTF-8 bytes are the tokens).")
@@ -25,11 +25,11 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
   del argv
-  from latent_flax import decode  # jax and the rest: not needed for --help
+  from latent_flax.evaluation import decode, runs  # jax and the rest: not needed for --help
   sampling = decode.Sampling(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
-  r = decode.sample_from_checkpoint(_WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value,
-                                    sampling, seed=_SEED.value, num_samples=_NUM_SAMPLES.value,
-                                    step=_STEP.value)
+  r = runs.sample_from_checkpoint(_WORKDIR.value, _PROMPT.value, _MAX_NEW_TOKENS.value,
+                                  sampling, seed=_SEED.value, num_samples=_NUM_SAMPLES.value,
+                                  step=_STEP.value)
   for i, text in enumerate(r['samples']):
     print(f"--- sample {i} (step {r['step']}) ---\n{r['prompt']}{text}")
   print(f"--- {r['tokens_per_s']:.1f} bytes/s including compilation; decoding state "

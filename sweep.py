@@ -13,7 +13,8 @@ import sys
 
 from absl import flags
 
-from latent_flax import cli, launch, sweep_lib
+from latent_flax.system import cli
+from latent_flax.experiments import launch, sweep as sweep_lib
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep module (BASE, COMMON, get_sweep()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")

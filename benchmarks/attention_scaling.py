@@ -21,9 +21,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -89,7 +87,7 @@ def growth(records: list[dict]) -> list[dict]:
 
 
 def plot(records: list[dict], path: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for kind, m in VARIANTS:

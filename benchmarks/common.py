@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import jax
 
-from latent_flax import io_utils
+from latent_flax.system import io_utils
 
 peak_rss_mb = io_utils.peak_rss_mb
 device_peak_mb = io_utils.device_peak_mb
@@ -85,7 +85,7 @@ def lm_train_step(config, n: int, batch_size: int = 1):
   call step(state, batch, rng). The state argument is donated."""
   import numpy as np
   from latent_flax import model as model_lib
-  from latent_flax import optim, steps
+  from latent_flax.training import optim, steps
   config.data.seq_len = n
   model = model_lib.build_model(config.model)
   schedule = optim.learning_rate_schedule(config)

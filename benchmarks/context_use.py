@@ -2,7 +2,7 @@
 of every run of a sweep at several lengths.
 
     python benchmarks/context_use.py --workdir=runs/long_context [--lengths 4096,16384,65536]
-        [--out docs/long_context]
+        [--out docs/results/long_context]
 
 For each run directory under --workdir (a sweep such as configs/sweeps/long_context.py)
 and each length L: eval.py's evaluation of the latest checkpoint on the validation
@@ -29,12 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from latent_flax import config_lib, eval_lib, io_utils  # noqa: E402
+from latent_flax import config_lib
+from latent_flax.evaluation import runs
+from latent_flax.system import io_utils  # noqa: E402
 from latent_flax.attention import registry  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents'
   kind = registry.get(config.model.attention)
   stream = segment if kind.decode and length > config.data.seq_len else None
   t0 = time.perf_counter()
-  r = eval_lib.evaluate_checkpoint(run_dir, None, num_eval_steps=0, seq_len=length,
+  r = runs.evaluate_checkpoint(run_dir, None, num_eval_steps=0, seq_len=length,
                                    windows=windows, stream_segment=stream)
   return {'run': os.path.basename(run_dir), 'label': kind.label(config.model),
           'length': length, 'stream_segment': stream, 'documents': r['tokens'] // length,
@@ -65,13 +65,15 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
   gain of the streamed evaluation over this one is what the longer context bought."""
   import jax
   import numpy as np
-  from latent_flax import checkpoint, evaluation, tasks
+  from latent_flax.training import checkpoint
+  from latent_flax.evaluation import evaluator
+  from latent_flax import tasks
   from latent_flax import model as model_lib
   config = config_lib.load_saved_config(run_dir)
   kind = registry.get(config.model.attention)
   model = model_lib.build_model(config.model)
   params = checkpoint.restore_workdir(run_dir, config, model, None, params_only=True).params
-  data_config = eval_lib.evaluation_config(config, seq_len=length, windows=windows).data
+  data_config = runs.evaluation_config(config, seq_len=length, windows=windows).data
   source = tasks.get(data_config.name).load(data_config, 'validation')
   windows = source.get(np.arange(source.num_windows))
   docs = np.concatenate([windows['inputs'], windows['targets'][:, -1:]], axis=1)
@@ -80,14 +82,14 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
   for doc in docs:
     pieces = np.stack([doc[k * every:(k + 1) * every + 1] for k in range(length // every)])
     logits = forward(params, pieces[:, :-1])
-    ce = jax.vmap(lambda l, t: evaluation.segment_ce(l[None], t[None], np.ones((1, every),
+    ce = jax.vmap(lambda l, t: evaluator.segment_ce(l[None], t[None], np.ones((1, every),
                                                      np.float32))[0])(logits, pieces[:, 1:])
     loss_by_pos += np.asarray(ce, np.float64).reshape(-1)
-  octaves = evaluation.bits_by_context(loss_by_pos, np.full(length, float(len(docs))))
+  octaves = evaluator.bits_by_context(loss_by_pos, np.full(length, float(len(docs))))
   return {'run': os.path.basename(run_dir) + f' restart {every}',
           'label': f'{kind.label(config.model)}, context reset every {every:,}',
           'length': length, 'stream_segment': None, 'documents': len(docs), 'windows': windows,
-          'bits_per_byte': float(loss_by_pos.sum() / len(docs) / length / evaluation.LN2),
+          'bits_per_byte': float(loss_by_pos.sum() / len(docs) / length / evaluator.LN2),
           'bits_by_context': octaves, 'seconds': time.perf_counter() - t0,
           'peak_rss_mb': io_utils.peak_rss_mb(), 'step': None}
 
@@ -240,7 +242,7 @@ def main() -> None:
                        '(comma-separated)')
   ap.add_argument('--windows', default='documents', choices=['documents', 'stream'],
                   help="'stream': windows cut from the joined split, as in training")
-  ap.add_argument('--out', default='docs/long_context')
+  ap.add_argument('--out', default='docs/results/long_context')
   ap.add_argument('--report_only', action='store_true', help='draw and tabulate the JSON only')
   args = ap.parse_args()
   lengths = [int(n) for n in args.lengths.split(',')]

@@ -27,7 +27,6 @@ import sys
 import sysconfig
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -36,7 +35,8 @@ FILE_BYTES = 16 << 20
 CHILD = """
 import json, sys, time
 import jax, ml_collections  # jax: what a training process has loaded anyway
-from latent_flax import data, tasks
+from latent_flax.tasks import data
+from latent_flax import tasks
 cfg = ml_collections.ConfigDict(dict(name='text_files', path=sys.argv[1], text_key='text',
                                      data_dir='', seq_len=int(sys.argv[3]), cache_dir=sys.argv[2]))
 out = {}

@@ -22,17 +22,14 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
-import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from latent_flax import decode  # noqa: E402
+from latent_flax.evaluation import decode  # noqa: E402
 from latent_flax import model as model_lib  # noqa: E402
 from latent_flax.attention import registry  # noqa: E402
 
@@ -113,7 +110,7 @@ def summarize(records: list[dict], reference: str) -> list[dict]:
 
 
 def plot(summary: list[dict], path: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for v in dict.fromkeys(s['variant'] for s in summary):

@@ -12,10 +12,7 @@ and <out>.png.
 
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -25,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.seq_parallel import LMStep  # noqa: E402
-from latent_flax import io_utils  # noqa: E402
+from latent_flax.system import io_utils  # noqa: E402
 from latent_flax.attention import causal_latent  # noqa: E402
 
 VARIANTS = {'kept': causal_latent._expand, 'recomputed': causal_latent._expand_recomputed}

@@ -12,11 +12,9 @@ two wider causal_latent LMs (D=768, 12 layers; D=2048, 24 layers). Writes <out>.
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
@@ -25,8 +23,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import m64  # noqa: E402
-from latent_flax import checkpoint, config_lib, io_utils  # noqa: E402
-from latent_flax.parallel import Parallel  # noqa: E402
+from latent_flax.training import checkpoint
+from latent_flax import config_lib
+from latent_flax.system import io_utils  # noqa: E402
+from latent_flax.training.parallel import Parallel  # noqa: E402
 
 MODELS = {
     'm64': {},

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -140,7 +137,7 @@ def main() -> None:
 
 
 def plot(summary: dict, path: str, target: float) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   bottom = 0.0

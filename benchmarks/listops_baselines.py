@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -42,9 +40,10 @@ def model_predictions(workdir: str, inputs: np.ndarray, mask: np.ndarray,
   """Latest checkpoint's argmax classes for `inputs` and `mask` (as listops.load gives
   them), and its step."""
   import jax
-  from latent_flax import config_lib, eval_lib
-  config = eval_lib.workdir_config(workdir)
-  restored = eval_lib.restore_checkpoint(workdir, config)
+  from latent_flax import config_lib
+  from latent_flax.evaluation import runs
+  config = runs.workdir_config(workdir)
+  restored = runs.restore_checkpoint(workdir, config)
   model = config_lib.build_model(config)
   apply = jax.jit(lambda p, x, m: model.apply({'params': p}, x, m).argmax(-1))
   out = [np.asarray(apply(restored.state.params, inputs[i:i + batch], mask[i:i + batch]))

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -29,7 +27,8 @@ def measure_one(kind: str, args) -> dict:
   import jax
   import numpy as np
   from configs import listops_m64
-  from latent_flax import config_lib, optim, steps
+  from latent_flax import config_lib
+  from latent_flax.training import optim, steps
   from latent_flax.attention import registry
 
   config = listops_m64.get_config()
@@ -64,7 +63,7 @@ def measure_one(kind: str, args) -> dict:
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   ok = [r for r in records if r['status'] == 'ok']
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))

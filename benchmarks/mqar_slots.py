@@ -25,13 +25,13 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from latent_flax import config_lib, eval_lib, tasks  # noqa: E402
+from latent_flax import config_lib, tasks
+from latent_flax.evaluation import runs  # noqa: E402
 from latent_flax.attention import registry  # noqa: E402
 from latent_flax.tasks import mqar  # noqa: E402
 
@@ -105,7 +105,7 @@ def slot_statistics(attn_BHMC: np.ndarray, keys_BP: np.ndarray, values_BP: np.nd
 
 def check(workdir: str, pairs: int | None):
   """The run's config and the number of pairs; ValueError with one line if unusable."""
-  config = eval_lib.workdir_config(workdir)
+  config = runs.workdir_config(workdir)
   m, d = config.model, config.data
   pairs = pairs or d.num_kv_pairs
   kind = registry.get(m.attention)
@@ -121,7 +121,7 @@ def check(workdir: str, pairs: int | None):
 
 def analyse(workdir: str, config, pairs: int, num_examples: int) -> dict:
   m, d = config.model, config.data
-  restored = eval_lib.restore_checkpoint(workdir, config)
+  restored = runs.restore_checkpoint(workdir, config)
   model = config_lib.build_model(config)
   data = mqar.generate(num_examples, d.seq_len, pairs, d.vocab_size, d.seed, 'test')
   logits, layers = compress_attention(model, restored.state.params, data['inputs'])
@@ -152,7 +152,7 @@ def analyse(workdir: str, config, pairs: int, num_examples: int) -> dict:
 
 
 def plot(result: dict, path: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   layers = result['layers']
   fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4.2 * (1 + len(layers)), 3.8))

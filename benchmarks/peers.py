@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -108,7 +106,7 @@ def ratios(records: list[dict]) -> list[dict]:
 
 
 def plot(records: list[dict], modes: list[str], path: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, axes = plt.subplots(len(modes), 2, figsize=(11, 4.0 * len(modes)), squeeze=False)
   for row, mode in zip(axes, modes):

@@ -17,11 +17,9 @@ import collections
 import glob
 import os
 import re
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -91,7 +89,7 @@ def profile(kind: str, num_latents: int, n: int, width: int, heads: int, chunk: 
 
 def plot(records: list[dict], path: str) -> None:
   """Per op kind, one bar per attention kind (log y: the two differ by ~10x)."""
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(7.4, 4.2))
   width = 0.8 / len(records)

@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 from benchmarks import profile_layer  # noqa: E402
@@ -153,7 +152,7 @@ def profile(config_name: str, n: int, steps: int) -> dict:
 
 
 def plot(records: list[dict], path: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(8, 4.4))
   labels = [f"{r['attention']} N={r['n']:,}\n{r['wall_ms']:.0f} ms, MFU {100 * r['mfu']:.0f}%"

@@ -17,11 +17,9 @@ devices share the cores, so it shows overhead, not speed-up. Writes <out>.json a
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -33,8 +31,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from configs import base  # noqa: E402
-from latent_flax import checkpoint, config_lib, io_utils, steps  # noqa: E402
-from latent_flax.parallel import Parallel  # noqa: E402
+from latent_flax.training import checkpoint, steps
+from latent_flax import config_lib
+from latent_flax.system import io_utils  # noqa: E402
+from latent_flax.training.parallel import Parallel  # noqa: E402
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'collective-permute', 'all-to-all', 'reduce-scatter')
 _BYTES = {'f32': 4, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4, 's8': 1, 'u8': 1, 'pred': 1,

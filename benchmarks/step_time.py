@@ -2,7 +2,7 @@
 the wall-clock of a reference point (equal-time budgets for a sweep).
 
     python benchmarks/step_time.py --sweep=configs/sweeps/context_gain.py:stdlib_long \
-        [--reference 0] [--steps 150] [--out docs/context_gain/step_time]
+        [--reference 0] [--steps 150] [--out docs/results/context_gain/step_time]
 
 Every point's full train step (forward, backward, AdamW) at its config's seq_len and
 per-device batch, on one device, all in this process: compiled first, then --rounds
@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from latent_flax import io_utils, sweep_lib  # noqa: E402
+from latent_flax.system import io_utils
+from latent_flax.experiments import sweep as sweep_lib  # noqa: E402
 from latent_flax.attention import registry  # noqa: E402
 
 

@@ -17,16 +17,16 @@ peak RSS) and <out>.png.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from latent_flax import checkpoint, data, decode, eval_lib, evaluation, io_utils  # noqa: E402
+from latent_flax.training import checkpoint
+from latent_flax.tasks import data
+from latent_flax.evaluation import decode, runs, evaluator
+from latent_flax.system import io_utils  # noqa: E402
 from latent_flax import model as model_lib  # noqa: E402
 from latent_flax.tasks import corpus  # noqa: E402
 
@@ -55,8 +55,8 @@ def main() -> None:
   ap.add_argument('--segment', type=int, default=4096)
   ap.add_argument('--out', default='benchmarks/results/stream_1m')
   args = ap.parse_args()
-  config = eval_lib.workdir_config(args.workdir)
-  eval_lib.evaluation_config(config, stream_segment=args.segment)  # refuses a kind that can't
+  config = runs.workdir_config(args.workdir)
+  runs.evaluation_config(config, stream_segment=args.segment)  # refuses a kind that can't
   doc, sources = long_document(config, args.bytes)
   model = model_lib.build_model(config.model)
   restored = checkpoint.restore_workdir(args.workdir, config, model, None, params_only=True)
@@ -74,22 +74,22 @@ def main() -> None:
             f"peak RSS {io_utils.peak_rss_mb():,.0f} MiB", flush=True)
       last = now
 
-  loss_by_pos = evaluation.stream_sums(model, restored.params, batch, args.segment,
+  loss_by_pos = evaluator.stream_sums(model, restored.params, batch, args.segment,
                                        progress)['loss_by_pos']
   seconds = time.perf_counter() - start_time
   per_token, fixed = decode.state_footprint(model)
-  octaves = evaluation.bits_by_context(loss_by_pos, np.ones(args.bytes))
+  octaves = evaluator.bits_by_context(loss_by_pos, np.ones(args.bytes))
   result = {'workdir': args.workdir, 'step': restored.step, 'attention': config.model.attention,
             'trained_seq_len': config.data.seq_len, 'trained_on': config.data.name,
             'bytes': args.bytes, 'segment': args.segment, 'sources': sources,
             'seconds': seconds, 'bytes_per_s': args.bytes / seconds,
             'peak_rss_mb': io_utils.peak_rss_mb(),
             'state_bytes': per_token * args.bytes + fixed,
-            'bits_per_byte': float(loss_by_pos.mean() / evaluation.LN2),
+            'bits_per_byte': float(loss_by_pos.mean() / evaluator.LN2),
             'bits_by_context': octaves}
   io_utils.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
                                            'result': result})
-  eval_lib.plot_by_context({'dataset': 'one document', 'split': f"{args.bytes:,} bytes",
+  runs.plot_by_context({'dataset': 'one document', 'split': f"{args.bytes:,} bytes",
                             'step': restored.step, 'windows': 'one',
                             'seq_len': args.bytes, 'stream_segment': args.segment,
                             'bits_by_context': octaves}, args.out + '.png')

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 
@@ -80,7 +78,7 @@ def measure_one(kind: str, n: int, args) -> dict:
 
 
 def plot(records: list[dict], path: str, title: str) -> None:
-  from latent_flax import io_utils
+  from latent_flax.system import io_utils
   plt = io_utils.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
   for kind in KINDS:

@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200   # checkpoints (and at the end)
   config.keep_checkpoints = 2           # latest checkpoints kept, besides the best by eval loss
   config.parallelism = 'jit'            # 'jit' (over config.mesh) or 'pmap' (data only)
-  config.mesh = ml_collections.ConfigDict(dict(  # jit's device mesh (latent_flax/sharding.py)
+  config.mesh = ml_collections.ConfigDict(dict(  # jit's device mesh (latent_flax/system/sharding.py)
       data=-1,                            # batch rows; -1 = the devices left
       fsdp=1,                             # batch rows, and parameters/optimizer state split
       seq=1))                             # positions of each row (sequence parallelism)

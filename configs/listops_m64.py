@@ -18,7 +18,7 @@ def get_config(arg: str | None = None):
   # Sinusoidal input positions: the latent block alone is order-blind, and ListOps'
   # answer depends on order (which operator is outermost). Pooling 'first' reads the
   # output at position 0, the outermost operator; with the mean over tokens the
-  # classifier stayed at the majority class for 1,047 steps (docs/listops).
+  # classifier stayed at the majority class for 1,047 steps (docs/results/listops).
   config.model.update(attention='latent', num_latents=64, num_heads=4, emb_dim=64, mlp_dim=128,
                       num_layers=4, dropout_rate=0.1, input_positions='sinusoidal',
                       pooling='first')
@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   d.max_length = 2000
   d.seed = 0                             # the data set's seed (config.seed orders batches)
   # A 2-core CPU budget: 800 steps of 8 examples (6,400 examples, about 15 minutes
-  # here with nothing else running; docs/listops). Published LRA runs use 5,000 x 32.
+  # here with nothing else running; docs/results/listops). Published LRA runs use 5,000 x 32.
   config.update(num_train_steps=800, per_device_batch_size=8, learning_rate=1e-3,
                 warmup_steps=100, weight_decay=0.05, log_every_steps=50, eval_every_steps=200,
                 num_eval_steps=50, checkpoint_every_steps=200)

@@ -15,10 +15,11 @@ from typing import Any
 
 import ml_collections
 
-from latent_flax import io_utils, tasks
+from latent_flax.system import io_utils
+from latent_flax import tasks
 from latent_flax import model as model_lib
-from latent_flax import sharding
-from latent_flax.checks import need, need_int
+from latent_flax.system import sharding
+from latent_flax.system.checks import need, need_int
 from latent_flax.attention import registry as attention_registry
 
 PARALLELISM = ('pmap', 'jit')

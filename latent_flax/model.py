@@ -27,10 +27,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from latent_flax import sharding
+from latent_flax.system import sharding
 from latent_flax.attention import registry
 from latent_flax.attention.primitives import ATTENTION_IMPLS
-from latent_flax.checks import need, need_int
+from latent_flax.system.checks import need, need_int
 
 VOCAB_SIZE = 256
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -201,7 +201,7 @@ def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: boo
 class LanguageModel(nn.Module):
   """Decoder-only byte LM. apply({'params': p}, tokens_BN) -> logits_BNV, deterministic.
 
-  Decoding (see decode.py): `decode='prefill'` runs the parallel pass over a prompt
+  Decoding (see evaluation/decode.py): `decode='prefill'` runs the parallel pass over a prompt
   and writes each layer's state to the mutable 'cache' collection; `decode='step'`
   takes one token [B, 1] per call and updates it. `cache_len` bounds the length
   for full attention's KV cache; the latent state has a fixed size.

@@ -137,8 +137,8 @@ def read_metrics(workdir) -> list[dict]:
 
 
 def restored_params(workdir, config, step=None):
-  """(params as numpy, data position) of a checkpoint, through eval_lib's restore path."""
+  """(params as numpy, data position) of a checkpoint, through evaluation/runs.py's restore path."""
   import jax
-  from latent_flax import eval_lib
-  restored = eval_lib.restore_checkpoint(workdir, config, step)
+  from latent_flax.evaluation import runs
+  restored = runs.restore_checkpoint(workdir, config, step)
   return jax.tree.map(np.asarray, restored.state.params), restored.data_state

@@ -39,9 +39,9 @@ def test_bad_invocations_are_one_line_exit_2(children, tmp_path, case, args, mes
 def test_a_plain_python_entry_point_gets_huge_pages(tmp_path):
   """`python train.py` re-executes itself once with glibc's huge-page tunable (unless the
   variable is set or LF_NO_HUGEPAGES=1), so the memory fix reaches the command users type."""
-  from latent_flax import hugepages
+  from latent_flax.system import hugepages
   probe = tmp_path / 'probe.py'
-  probe.write_text('import os\nfrom latent_flax import hugepages\nhugepages.ensure()\n'
+  probe.write_text('import os\nfrom latent_flax.system import hugepages\nhugepages.ensure()\n'
                    'print(os.getpid(), os.environ.get("GLIBC_TUNABLES"))\n')
   base_env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
   base_env['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from latent_flax import data
+from latent_flax.tasks import data
 from latent_flax import tasks
 from latent_flax.tasks import byte_cache, corpus
 from tests import helpers

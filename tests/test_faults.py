@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from latent_flax import eval_lib
+from latent_flax.evaluation import runs
 from tests import helpers
 from tests.helpers import Child, train_argv, write_config_module
 
@@ -38,8 +38,8 @@ def _metrics(workdir, drop=TIMING):
 
 
 def _params(workdir, step=STEPS):
-  config = eval_lib.workdir_config(workdir)
-  return jax.tree.map(np.asarray, eval_lib.restore_checkpoint(workdir, config, step).state.params)
+  config = runs.workdir_config(workdir)
+  return jax.tree.map(np.asarray, runs.restore_checkpoint(workdir, config, step).state.params)
 
 
 def _checkpoint_dirs(workdir):
@@ -189,7 +189,7 @@ def test_eval_on_missing_empty_or_corrupt_workdir_prints_one_line_and_fails(
     assert not any(l.startswith('Traceback') for l in child.lines)
 
 
-_HOLD_LOCK = ("import sys, time\nfrom latent_flax import workdir_lock\n"
+_HOLD_LOCK = ("import sys, time\nfrom latent_flax.training import workdir_lock\n"
               "with workdir_lock.hold(sys.argv[1]):\n  print('held', flush=True)\n"
               "  time.sleep(600)\n")
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from latent_flax import decode
+from latent_flax.evaluation import decode
 from latent_flax import model as model_lib
 from latent_flax.attention.mla import MultiHeadLatentAttention
 

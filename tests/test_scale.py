@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from latent_flax import checkpoint, config_lib, sharding, steps, train_lib
+from latent_flax.training import checkpoint, steps
+from latent_flax import config_lib, trainer
+from latent_flax.system import sharding
 from latent_flax.attention import causal_latent
-from latent_flax.parallel import Parallel
+from latent_flax.training.parallel import Parallel
 from tests import helpers
 
 STEPS = 4
@@ -26,7 +28,7 @@ def _run(tmp_path, name, mesh, attention='causal_latent', per_device=2, steps=ST
                                **kw)
   config.mesh.update(data=mesh[0], fsdp=mesh[1], seq=mesh[2])
   workdir = tmp_path / name
-  train_lib.train_and_evaluate(config, str(workdir))
+  trainer.train_and_evaluate(config, str(workdir))
   return [m['train_loss'] for m in helpers.read_metrics(workdir) if 'train_loss' in m], workdir
 
 
@@ -151,7 +153,7 @@ def test_bad_mesh_gives_one_line_before_anything_is_written(tmp_path):
     config.mesh.update(mesh)
     workdir = tmp_path / 'never'
     with pytest.raises(ValueError, match=message):
-      train_lib.train_and_evaluate(config, str(workdir))
+      trainer.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
   config = helpers.tiny_config(tmp_path)
   config.mesh.tensor = 2

@@ -10,7 +10,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
-from latent_flax import compare_lib, decode, eval_lib, sweep_lib, tasks, train_lib
+from latent_flax.experiments import report as report_lib, sweep as sweep_lib
+from latent_flax.evaluation import runs
+from latent_flax import tasks, trainer
 from latent_flax.attention import registry
 from tests.helpers import REPO, tiny_config
 
@@ -45,22 +47,22 @@ def test_a_kind_registered_in_a_test_trains_evaluates_and_is_reported(tmp_path,
   workdir = str(sweep_dir / 'attn=prefix_mean')
   config = tiny_config(tmp_path, 'prefix_mean', num_train_steps=2, log_every_steps=1,
                        eval_every_steps=2, checkpoint_every_steps=2)
-  final = train_lib.train_and_evaluate(config, workdir)
+  final = trainer.train_and_evaluate(config, workdir)
   assert final['step'] == 2 and math.isfinite(final['eval_bits_per_byte'])
-  params = eval_lib.restore_checkpoint(workdir, config).state.params
+  params = runs.restore_checkpoint(workdir, config).state.params
   assert 'latents' not in params['block_0']['attention']  # really the toy block
-  result = eval_lib.evaluate_checkpoint(workdir)
+  result = runs.evaluate_checkpoint(workdir)
   assert result['bits_per_byte'] == pytest.approx(final['eval_bits_per_byte'], rel=1e-5)
   # A kind that does not say how it decodes is refused by generate, in one line.
   with pytest.raises(ValueError, match="'prefix_mean' cannot decode token by token"):
-    decode.sample_from_checkpoint(workdir, 'alpha', 4)
+    runs.sample_from_checkpoint(workdir, 'alpha', 4)
 
   rows = sweep_lib.collect(str(sweep_dir))
   assert [(r['run'], r['label'], r['num_latents']) for r in rows] == [
       ('attn=prefix_mean', 'prefix_mean', '')]
   paths = sweep_lib.write_report(rows, str(tmp_path / 'report'))
   assert '| prefix_mean |' in open(paths[0]).read()
-  summary = compare_lib.summarize(workdir)
+  summary = report_lib.summarize(workdir)
   assert summary['label'] == 'prefix_mean' and summary['eval'] == pytest.approx(
       final['eval_bits_per_byte'])
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from latent_flax import sweep_lib
+from latent_flax.experiments import sweep as sweep_lib
 from tests.helpers import Child, write_config_module
 
 
@@ -174,7 +174,7 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
 def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
   """compare.py's table: last and best periodic eval, eval.py's test result, examples seen."""
   from configs import listops_full, listops_m64
-  from latent_flax import compare_lib
+  from latent_flax.experiments import report as report_lib
   runs = {'latent': (listops_m64, [0.2, 0.38, 0.37], 0.365),
           'full': (listops_full, [0.18, 0.21, 0.19], None)}
   for name, (module, evals, test) in runs.items():
@@ -192,21 +192,21 @@ def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
       for step, value in ((200, 0.1), (300, test)):  # the latest step's file counts
         (run / f'eval_test_step_{step}.json').write_text(
             json.dumps({'step': step, 'accuracy': value, 'split': 'test'}))
-  rows = [compare_lib.summarize(str(tmp_path / n)) for n in runs]
+  rows = [report_lib.summarize(str(tmp_path / n)) for n in runs]
   latent, full = rows
   assert (latent['eval'], latent['best_eval'], latent['test'], latent['test_step']) == (
       0.37, 0.38, 0.365, 300)
   assert full['test'] is None and full['best_eval'] == 0.21 and full['examples'] == 300 * 16
   assert latent['examples'] == 300 * 8 and latent['wall_s'] == 600.0  # 8 = 8000 / 0.5 / 2000
   assert [p[2] for p in latent['curve']] == [0.2, 0.38, 0.37]
-  paths = compare_lib.write(rows, str(tmp_path / 'out'), 'ListOps')
+  paths = report_lib.write(rows, str(tmp_path / 'out'), 'ListOps')
   table = open(paths[0]).read()
   row = ('| latent | latent | 64 | 4 | 300 of 800 | 2,400 | 0.3700 | 0.3800 '
          '| 0.3650 (step 300) |')
   assert row in table, table
   assert all(os.path.getsize(p) > 1000 for p in paths[1:])
   with pytest.raises(ValueError, match='has no config.json'):
-    compare_lib.summarize(str(tmp_path / 'out'))
+    report_lib.summarize(str(tmp_path / 'out'))
 
 
 def _shipped_sweeps():
@@ -269,7 +269,7 @@ def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_
 
   # Preempted (submitit's signal, as Slurm sends it): train.py saves its step, the task
   # is requeued and resumes from the point's workdir.
-  from latent_flax import launch
+  from latent_flax.experiments import launch
   sweep = sweep_lib.load_sweep(str(sweep_file))
   sweep = sweep_lib.Sweep(sweep.base, {**sweep.common, 'num_train_steps': 40}, sweep.points)
   point = os.path.join(str(workdir), 'long')

@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks import listops_baselines, mqar_slots
 from configs import listops_m64, mqar as mqar_config
-from latent_flax import config_lib, eval_lib, tasks, train_lib
+from latent_flax import config_lib, tasks, trainer
+from latent_flax.evaluation import runs
 from latent_flax.tasks import listops, mqar
 from latent_flax import model as model_lib
 
@@ -213,7 +214,7 @@ def test_listops_bad_config_is_one_line(tmp_path, overrides, message):
     section, field = key.split('.')
     config[section][field] = value
   with pytest.raises(ValueError) as err:
-    train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert message in str(err.value) and '\n' not in str(err.value)
   assert not (tmp_path / 'run').exists()
 
@@ -304,16 +305,16 @@ def _accuracy_by_hand(model, params, examples):
 def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   config = _tiny_listops(tmp_path)
   workdir = str(tmp_path / 'run')
-  final = train_lib.train_and_evaluate(config, workdir)
+  final = trainer.train_and_evaluate(config, workdir)
   assert final['step'] == 4 and 0.0 <= final['eval_accuracy'] <= 1.0
   assert 'eval_bits_per_byte' not in final and 'train_accuracy' in final
   # The test split, 20 examples in batches of 8 (the last padded with zero-weight
   # rows), through eval.py's library.
-  result = eval_lib.evaluate_checkpoint(workdir, split='test')
+  result = runs.evaluate_checkpoint(workdir, split='test')
   assert result['tokens'] == 20 and result['split'] == 'test'
   with open(os.path.join(workdir, 'eval_test_step_4.json')) as f:
     assert json.load(f)['accuracy'] == result['accuracy']
-  restored = eval_lib.restore_checkpoint(workdir, config)
+  restored = runs.restore_checkpoint(workdir, config)
   model = config_lib.build_model(config)
   expected = _accuracy_by_hand(model, restored.state.params,
                                tasks.load(config.data, 'test'))
@@ -324,10 +325,9 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
                                                         batch=8)
   assert step == 4 and np.mean(predicted == test['targets']) == pytest.approx(result['accuracy'])
   # generate.py on a classifier's workdir says so, in one line, before reading anything.
-  from latent_flax import decode
   with pytest.raises(ValueError, match="holds a classify model of data set 'listops', not a "
                                        "language model"):
-    decode.sample_from_checkpoint(workdir, '[MAX', 4)
+    runs.sample_from_checkpoint(workdir, '[MAX', 4)
   rule = listops_baselines.rule_predictions(np.array([11, 11, 12, 12, 12]),
                                             np.array([3, 3, 5, 1, 1]), np.array([12, 11]), 10)
   np.testing.assert_array_equal(rule, [1, 3])
@@ -340,9 +340,9 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   config.update(num_train_steps=4, per_device_batch_size=2, warmup_steps=1, log_every_steps=2,
                 eval_every_steps=4, checkpoint_every_steps=4, num_eval_steps=0)
   workdir = str(tmp_path / 'run')
-  final = train_lib.train_and_evaluate(config, workdir)
+  final = trainer.train_and_evaluate(config, workdir)
   assert 'eval_accuracy' in final
-  result = eval_lib.evaluate_checkpoint(workdir)
+  result = runs.evaluate_checkpoint(workdir)
   assert result['tokens'] == 20 * 4  # 4 answers per example, nothing else counted
   assert result['recall_accuracy'] == result['accuracy'] == pytest.approx(final['eval_accuracy'])
   assert set(result['recall_by_pairs']) == {'2', '4'}
@@ -353,7 +353,7 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   assert 0 < result['answers_across_chunks_by_pairs']['2'] < 20 * 2
   assert result['recall_across_chunks_by_pairs']['4'] == pytest.approx(result['accuracy'])
   assert set(final['eval_recall_across_chunks_by_pairs']) == {'2', '4'}
-  restored = eval_lib.restore_checkpoint(workdir, config)
+  restored = runs.restore_checkpoint(workdir, config)
   expected = _accuracy_by_hand(config_lib.build_model(config), restored.state.params,
                                tasks.load(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))

@@ -10,8 +10,9 @@ import pytest
 from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
 from tensorboard.compat.proto.event_pb2 import Event
 
-from latent_flax import data as data_lib
-from latent_flax import decode, eval_lib, train_lib
+from latent_flax.tasks import data as data_lib
+from latent_flax.evaluation import decode, runs
+from latent_flax import trainer
 from latent_flax import model as model_lib
 from tests.helpers import read_metrics, restored_params, tiny_config
 
@@ -34,7 +35,7 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
     return next_batch(self)
 
   monkeypatch.setattr(data_lib.TrainIterator, '__next__', preempting_next)
-  short = train_lib.train_and_evaluate(config, workdir)
+  short = trainer.train_and_evaluate(config, workdir)
   monkeypatch.setattr(data_lib.TrainIterator, '__next__', next_batch)
   assert short['step'] == 5
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3', '5']
@@ -50,13 +51,13 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert sum(tag == 'steps_per_sec' for _, tag, _ in scalars) == len(losses)
   assert any(v.tag == '_hparams_/session_start_info' for e in events for v in e.summary.value)
 
-  resumed = train_lib.train_and_evaluate(config, workdir)  # resumes from step 5
+  resumed = trainer.train_and_evaluate(config, workdir)  # resumes from step 5
   assert resumed['step'] == 9
   steps = [m['step'] for m in read_metrics(workdir)]
   assert steps == [2, 3, 4, 5, 6, 8, 9]
   # Resumed run equals an uninterrupted one (same data order, same params).
   straight_dir = str(tmp_path / 'straight')
-  train_lib.train_and_evaluate(config, straight_dir)
+  trainer.train_and_evaluate(config, straight_dir)
   a, data_a = restored_params(workdir, config)
   b, data_b = restored_params(straight_dir, config)
   assert data_a['position'] == data_b['position'] == 9
@@ -70,15 +71,15 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert ({s: v for s, v in resumed_log.items() if s != 6}
           == pytest.approx({s: v for s, v in straight_log.items() if s != 6}, rel=1e-5))
 
-  result = eval_lib.evaluate_checkpoint(workdir, step=6)
+  result = runs.evaluate_checkpoint(workdir, step=6)
   assert result["step"] == 6 and result['bits_per_byte'] == pytest.approx(result['loss'] / np.log(2))
   assert os.path.exists(os.path.join(workdir, 'eval_step_6.json'))
   assert set(result['loss_by_position']) == {'0-31'}
   assert list(result['bits_by_context']) == ['1-1', '2-3', '4-7', '8-15', '16-32']
   # At 4x the training length on document-aligned windows, streamed in segments of 20
   # tokens (inside and across chunks of 8), the result equals one pass.
-  one = eval_lib.evaluate_checkpoint(workdir, 6, seq_len=128, windows='documents', write=False)
-  streamed = eval_lib.evaluate_checkpoint(workdir, 6, seq_len=128, windows='documents',
+  one = runs.evaluate_checkpoint(workdir, 6, seq_len=128, windows='documents', write=False)
+  streamed = runs.evaluate_checkpoint(workdir, 6, seq_len=128, windows='documents',
                                           stream_segment=20, write=False)
   assert one['tokens'] == streamed['tokens'] == 128 and one['seq_len'] == 128
   assert streamed['loss'] == pytest.approx(one['loss'], rel=1e-5)
@@ -86,7 +87,7 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert streamed['path'].endswith('eval_L128_documents_stream20_step_6.json')
 
   # The checkpoint generates text: greedy continuations equal decode.generate on its params.
-  sample = decode.sample_from_checkpoint(workdir, 'alpha beta', 7, decode.Sampling(0.0),
+  sample = runs.sample_from_checkpoint(workdir, 'alpha beta', 7, decode.Sampling(0.0),
                                          num_samples=2)
   model = model_lib.build_model(config.model)
   params, _ = restored_params(workdir, config)
@@ -99,7 +100,7 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
 def test_loss_falls_on_a_learnable_corpus(tmp_path):
   config = tiny_config(tmp_path, num_train_steps=40, log_every_steps=5, eval_every_steps=40,
                        checkpoint_every_steps=40, warmup_steps=5)
-  train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
+  trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   losses = [m['train_loss'] for m in read_metrics(str(tmp_path / 'run')) if 'train_loss' in m]
   assert losses[0] > 4.0 and losses[-1] < 0.6 * losses[0], losses
 
@@ -110,7 +111,7 @@ def test_pmap_and_jit_give_the_same_params(tmp_path):
     config = tiny_config(tmp_path, parallelism=kind, num_train_steps=4, checkpoint_every_steps=4,
                          log_every_steps=every, eval_every_steps=4)
     workdir = str(tmp_path / f'{kind}{every}')
-    train_lib.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
     runs[kind, every] = restored_params(workdir, config)[0]
     losses[kind, every] = [m['train_loss'] for m in read_metrics(workdir)]
     assert {m['global_batch'] for m in read_metrics(workdir)} == {4 * config.per_device_batch_size}

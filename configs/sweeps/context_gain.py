@@ -3,10 +3,10 @@
     python sweep.py --sweep=configs/sweeps/context_gain.py:stdlib_long --workdir=runs/context_gain/stdlib_long
     python sweep.py --sweep=configs/sweeps/context_gain.py:vim --workdir=runs/context_gain/vim
     python benchmarks/step_time.py --sweep=configs/sweeps/context_gain.py:stdlib_long \
-        --out docs/context_gain/step_time                    # the equal-time budgets
+        --out docs/results/context_gain/step_time                    # the equal-time budgets
     python sweep.py --sweep=configs/sweeps/context_gain.py:stdlib_long_time --workdir=...
     python benchmarks/context_use.py --workdir=runs/context_gain/stdlib_long \
-        --lengths 4096 --restart_every 128 --out docs/context_gain/stdlib_long
+        --lengths 4096 --restart_every 128 --out docs/results/context_gain/stdlib_long
 
 The runs of configs/sweeps/long_context.py (base.py: D=128, 4 layers, 4 heads; 4,096-byte
 windows, 2 per step, 150 steps), on two corpora of long documents: 'stdlib_long' (Python
@@ -18,7 +18,7 @@ latent block (M=64, C=128), the same with learned multi-timescale decays
 on stdlib_long also M=16 and 256 (the long-context sweep's other points).
 
 Presets `<corpus>_time` give every point the wall-clock of m64's 150 steps: its steps
-come from the paired step times in docs/context_gain/step_time.json.
+come from the paired step times in docs/results/context_gain/step_time.json.
 """
 
 import json
@@ -42,7 +42,7 @@ POINTS = [
     {'model.attention': 'mla', 'model.mlp_dim': 1056},
 ]
 MORE_LATENTS = [{'model.attention': 'causal_latent', 'model.num_latents': m} for m in (16, 256)]
-STEP_TIMES = os.path.join(os.path.dirname(__file__), '..', '..', 'docs', 'context_gain',
+STEP_TIMES = os.path.join(os.path.dirname(__file__), '..', '..', 'docs', 'results', 'context_gain',
                           'step_time.json')
 
 
@@ -52,7 +52,7 @@ def _equal_time(points):
                      "benchmarks/step_time.py first (see configs/sweeps/context_gain.py).")
   with open(STEP_TIMES) as f:
     steps = {r['point']: r['equal_time_steps'] for r in json.load(f)['records']}
-  from latent_flax import sweep_lib
+  from latent_flax.experiments import sweep as sweep_lib
   return [{**p, 'num_train_steps': steps[sweep_lib.point_name(p)]} for p in points]
 
 

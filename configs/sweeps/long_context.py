@@ -8,7 +8,7 @@ configs/base.py (D=128, 4 layers, 4 heads) on 'stdlib_long' (stdlib files of at 
 4,096 bytes, 2 per step, the same 150 steps for every point: causal_latent M 16, 64,
 256 (C=128), full and MLA with their parameters matched to m64's by MLP width (see
 configs/full.py, configs/mla.py). The evaluation reads each validation document from
-its first byte at 4,096, 16,384 and 65,536 bytes; its report is in docs/long_context/.
+its first byte at 4,096, 16,384 and 65,536 bytes; its report is in docs/results/long_context/.
 """
 
 BASE = 'configs/base.py'

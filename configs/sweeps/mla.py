@@ -7,7 +7,7 @@ corpus) trained for the same 300 steps, with mlp_dim set so that each model hold
 m64's 1,424,384 parameters to within 0.03% (257 parameters per unit of mlp_dim; see
 configs/full.py and configs/mla.py). MLA at d_c = 32 and 128 caches 48 and 144 numbers
 per token and layer, full attention 256, the causal latent block a fixed state.
-Its report is committed in docs/sweep_mla/.
+Its report is committed in docs/results/sweep_mla/.
 """
 
 BASE = 'configs/base.py'

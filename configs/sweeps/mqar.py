@@ -6,23 +6,23 @@
         --report_lines=recall_across_chunks_by_pairs
 
 Every preset trains on a mix of pair counts and tests on each (recall by pairs; full
-attention, where present, is the reference drawn as dashed levels). Results: docs/mqar*/.
+attention, where present, is the reference drawn as dashed levels). Results: docs/results/mqar*/.
 
   cpu           vocabulary 128, 256 tokens, M 4..128, chunk 8/128 at M=16; 1,500 steps.
-                Every latent run stayed at chance at this CPU budget (docs/mqar).
+                Every latent run stayed at chance at this CPU budget (docs/results/mqar).
   gpu           the same grid at 12,000 steps of 32, two seeds; one GPU, 8 runs at a time
                 (`--print_commands | XLA_PYTHON_CLIENT_MEM_FRACTION=0.1 xargs -P 8 ...`):
-                full 100%, every latent run at chance (docs/mqar_gpu).
+                full 100%, every latent run at chance (docs/results/mqar_gpu).
   short         vocabulary 32, 64 tokens, chunk 16, mix 2/4/8: M 2..32 from seeds 0-2, where
-                the block does learn recall (docs/mqar_short). ~3 min a run.
+                the block does learn recall (docs/results/mqar_short). ~3 min a run.
   seeds         the short probe with 12 pairs: best and median over three seeds, and chunk 8
-                at M=8 (docs/mqar_seeds).
+                at M=8 (docs/results/mqar_seeds).
   vocab         does capacity track the key vocabulary (M x H buckets)? M=4 at 8, 15, 31
-                possible keys, M=16 at 31 (docs/mqar_vocab).
+                possible keys, M=16 at 31 (docs/results/mqar_vocab).
   chunk         M=4 at 8 pairs with chunk 8 and 32: answers that must come through the
-                latents (docs/mqar_chunk).
+                latents (docs/results/mqar_chunk).
   len256        vocabulary 18, 256 tokens, chunk 32 (8 chunks): M 1..8 at 8 pairs
-                (docs/mqar_len256). ~8 min a run.
+                (docs/results/mqar_len256). ~8 min a run.
   len256_pairs  the same at 16 pairs (M 8, 4) and 32 pairs (M 16, 8): does the fall-off
                 track slots against facts? One line per vocabulary.
 """

@@ -5,7 +5,7 @@
 Small models (2 layers, D=128) for 300 steps of 8 x 512 bytes with chunk size 32,
 so that everything further back than 32 bytes reaches a token only through the
 latents: M in {4, 16, 64} at 2 and 8 heads, and full attention at each head count.
-Its report is committed in docs/sweep_quick/.
+Its report is committed in docs/results/sweep_quick/.
 """
 
 BASE = 'configs/base.py'

@@ -5,7 +5,8 @@
   full.py           FullAttention: softmax attention over all tokens, the baseline.
   mla.py            MultiHeadLatentAttention: DeepSeek-V2's MLA (compressed KV cache).
   flash.py          the blockwise (flash-style) softmax core of full attention and MLA.
-  primitives.py     rotary positions, projections, online-softmax algebra.
+  primitives.py     rotary positions, projections around one softmax core.
+  softmax.py        the online-softmax algebra (triples, two-part softmax), NEG_INF.
   registry.py       the kinds by name and what each answers (causal, latents, fields...).
 
 Shapes: B batch, N tokens, D width, H heads of width d = D / H, M latents,
@@ -18,7 +19,7 @@ from latent_flax.attention.causal_latent import (CausalLatentAttention, chunk_so
 from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
 from latent_flax.attention.mla import MultiHeadLatentAttention
-from latent_flax.attention.primitives import (NEG_INF, MultiHeadAttention, attend_two_parts,
-                                              combine_softmax_triples, finish_softmax,
-                                              rotary_at, rotary_table, rotate)
+from latent_flax.attention.primitives import MultiHeadAttention, rotary_at, rotary_table, rotate
+from latent_flax.attention.softmax import (NEG_INF, attend_two_parts, combine_softmax_triples,
+                                           finish_softmax)
 from latent_flax.attention.registry import AttentionKind, get, make_layer, names, register

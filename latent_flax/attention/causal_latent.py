@@ -18,7 +18,7 @@ token query meets latent keys un-rotated and its chunk's keys rotated, in one so
 
 Decoding: `decode='prefill'` (the parallel pass, which also writes the state
 token-by-token feeding would leave) and `decode='step'` (one token), the state in
-the mutable 'cache' collection; see decode.py.
+the mutable 'cache' collection; see evaluation/decode.py.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from latent_flax import sharding
+from latent_flax.system import sharding
 from latent_flax.attention.latent import _LatentSteps
-from latent_flax.attention.primitives import (NEG_INF, attend_two_parts, combine_softmax_triples,
-                                              finish_softmax, heads_first, rotary_at,
-                                              rotary_table, rotate)
+from latent_flax.attention.primitives import heads_first, rotary_at, rotary_table, rotate
+from latent_flax.attention.softmax import (NEG_INF, attend_two_parts, combine_softmax_triples,
+                                           finish_softmax)
 
 
 LATENT_DECAYS = ('none', 'multiscale')

@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from latent_flax.attention.primitives import NEG_INF
+from latent_flax.attention.softmax import NEG_INF
 
 DEFAULT_BLOCK = 512
 

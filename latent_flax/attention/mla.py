@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from latent_flax.attention import flash
-from latent_flax.attention.primitives import (NEG_INF, Dtype, append_to_cache, attention_core,
-                                              rotary_at, rotate)
+from latent_flax.attention.primitives import (Dtype, append_to_cache, attention_core, rotary_at,
+                                              rotate)
+from latent_flax.attention.softmax import NEG_INF
 
 DECODE_PATHS = ('absorbed', 'naive')
 

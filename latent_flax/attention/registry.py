@@ -20,7 +20,7 @@ from latent_flax.attention.causal_latent import LATENT_DECAYS, CausalLatentAtten
 from latent_flax.attention.full import FullAttention
 from latent_flax.attention.latent import LatentAttention
 from latent_flax.attention.mla import DECODE_PATHS, MultiHeadLatentAttention
-from latent_flax.checks import need_int
+from latent_flax.system.checks import need_int
 
 # How a report abbreviates the fields kinds read (the rest are printed by name).
 # '' leaves a field out of labels (it changes how, not what, is computed).

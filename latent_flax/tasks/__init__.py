@@ -4,9 +4,11 @@
   corpus.py    byte language modelling on 'stdlib', 'text_files', 'tfds:<name>'
   mqar.py      multi-query associative recall; recall by pairs and across chunks
   listops.py   ListOps classification (Long Range Arena)
+  data.py      batching that knows no task by name: bytes, windows, examples, the order
+  byte_cache.py, tfds_source.py  corpus splits prepared once on disk; local tfds datasets
 """
 
-from latent_flax.checks import need_int
+from latent_flax.system.checks import need_int
 from latent_flax.tasks import registry
 from latent_flax.tasks.registry import Task, get, names, register
 

@@ -25,7 +25,7 @@ from typing import Iterable, NamedTuple
 
 import numpy as np
 
-from latent_flax import data as data_lib
+from latent_flax.tasks import data as data_lib
 
 FORMAT = 1            # of the byte and .docs.npy files; part of every digest
 COPY_BYTES = 1 << 24  # a file part is copied in pieces of this size

@@ -28,8 +28,8 @@ import sysconfig
 
 import numpy as np
 
-from latent_flax import data as data_lib
-from latent_flax.checks import need_int
+from latent_flax.tasks import data as data_lib
+from latent_flax.system.checks import need_int
 from latent_flax.tasks import byte_cache, registry, tfds_source
 
 # How evaluation cuts a split: 'stream', windows at stride seq_len over the documents

@@ -25,7 +25,7 @@ import random
 
 import numpy as np
 
-from latent_flax import data
+from latent_flax.tasks import data
 from latent_flax.tasks import registry, tfds_source
 
 NUM_CLASSES = 10

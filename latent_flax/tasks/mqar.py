@@ -35,7 +35,7 @@ import functools
 
 import numpy as np
 
-from latent_flax import data
+from latent_flax.tasks import data
 from latent_flax.tasks import registry
 
 SPLIT_STREAM = {'train': 0, 'test': 1}

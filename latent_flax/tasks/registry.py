@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from latent_flax.checks import need_int
+from latent_flax.system.checks import need_int
 
 LN2 = 0.6931471805599453
 # The metrics tasks rank runs by: {name: (label, lower is better)}.

@@ -1,8 +1,8 @@
 """train_and_evaluate(config, workdir): the training loop, orchestration only.
 
-The pieces: optim.py (optimizer), steps.py (state and step functions), parallel.py
-(pmap or jit placement), checkpoint.py (Orbax, resumed automatically from the
-workdir), evaluation.py with the task (tasks/) deciding what is evaluated.
+The pieces, in training/: optim.py (optimizer), steps.py (state and step functions),
+parallel.py (pmap or jit placement), checkpoint.py (Orbax, resumed automatically from the
+workdir); evaluation/evaluator.py with the task (tasks/) deciding what is evaluated.
 Metrics go to TensorBoard (metric_writer.py, no TensorFlow), `metrics.jsonl` and the console.
 """
 
@@ -23,12 +23,14 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from latent_flax import (checkpoint, config_lib, evaluation, io_utils, metric_writer, steps, tasks,
-                         workdir_lock)
-from latent_flax import data as data_lib
+from latent_flax.training import checkpoint, metric_writer, steps, workdir_lock
+from latent_flax import config_lib, tasks
+from latent_flax.evaluation import evaluator
+from latent_flax.system import io_utils
+from latent_flax.tasks import data as data_lib
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
-from latent_flax.parallel import Parallel
+from latent_flax.training.parallel import Parallel
 
 # Train metrics logged as their mean over the steps since the previous log.
 WINDOW_MEANS = ('loss', 'accuracy', 'grad_norm')
@@ -232,7 +234,7 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
             f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
             f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}")
       if is_eval:
-        ev = evaluation.evaluate(parallel, state.params, task, eval_sets, eval_main,
+        ev = evaluator.evaluate(parallel, state.params, task, eval_sets, eval_main,
                                  global_batch, config.num_eval_steps)
         record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'])
         for key, (extra, _) in task.eval_extras.items():

@@ -1,7 +1,7 @@
 """Placing state and batches on devices and running the steps: jit or pmap, one step function.
 
 parallelism='jit' (the default): `jax.jit` over the (data, fsdp, seq) mesh of
-config.mesh (sharding.py): batch rows split over data and fsdp, positions over seq,
+config.mesh (system/sharding.py): batch rows split over data and fsdp, positions over seq,
 state leaves split over fsdp; XLA inserts the collectives. parallelism='pmap':
 `jax.pmap` over the local devices, gradients summed by psum, one copy of the state per
 local device (data parallelism only).
@@ -21,7 +21,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from latent_flax import optim, sharding, steps
+from latent_flax.training import optim, steps
+from latent_flax.system import sharding
 
 
 class Parallel:

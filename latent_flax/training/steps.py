@@ -15,7 +15,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from latent_flax import optim
+from latent_flax.training import optim
 
 
 class TrainState(train_state.TrainState):

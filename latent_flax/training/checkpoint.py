@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from latent_flax import steps
+from latent_flax.training import steps
 from latent_flax import tasks
 
 

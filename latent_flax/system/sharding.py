@@ -11,7 +11,7 @@ config.mesh names three axis sizes (-1 = the devices left):
         chunk's summary). Other kinds are left to XLA's partitioner (full attention
         and MLA all-gather keys and values along the sequence).
 
-Modules read the mesh of the trace (jax.set_mesh, which parallel.py sets) through
+Modules read the mesh of the trace (jax.set_mesh, which training/parallel.py sets) through
 `axis_size` and `constrain`; without one both are no-ops.
 """
 
@@ -22,7 +22,7 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
-from latent_flax.checks import is_int
+from latent_flax.system.checks import is_int
 
 AXES = ('data', 'fsdp', 'seq')
 BATCH = ('data', 'fsdp')  # the axes that split batch rows

@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from latent_flax import checkpoint, eval_lib, tasks
-from latent_flax import data as data_lib
 from latent_flax import model as model_lib
-from latent_flax.attention import registry as attention_registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,42 +149,3 @@ def state_footprint(model: model_lib.LanguageModel) -> tuple[float, int]:
                  for n in (64, 128))
   per_token = (long - short) / 64
   return per_token, int(short - 64 * per_token)
-
-
-def sample_from_checkpoint(workdir: str, prompt: str, max_new_tokens: int,
-                           sampling: Sampling = Sampling(), *, seed: int = 0, num_samples: int = 1,
-                           step: int | None = None,
-                           config: ml_collections.ConfigDict | None = None) -> dict:
-  """Continues `prompt` num_samples times from a training workdir's checkpoint.
-
-  Returns the step, the continuations (text), the decoding state's size in bytes
-  and the speed of the whole call (prefill, compilation and sampling included).
-  """
-  config = eval_lib.workdir_config(workdir, config)
-  task = tasks.get(config.data.name)
-  if task.kind != 'lm':
-    raise ValueError(f"{workdir} holds a {task.kind} model of data set {config.data.name!r}, "
-                     "not a language model; generate.py continues text with LM workdirs.")
-  kind = attention_registry.get(config.model.attention)
-  if kind.decode is None:
-    raise ValueError(f"attention {kind.name!r} cannot decode token by token; use one of "
-                     f"{[n for n in attention_registry.names() if attention_registry.get(n).decode]}.")
-  prompt_P = data_lib.encode(prompt)
-  if prompt_P.size == 0:
-    raise ValueError("--prompt is empty; give at least one character to continue.")
-  if max_new_tokens < 1:
-    raise ValueError(f"--max_new_tokens={max_new_tokens} must be >= 1.")
-  if num_samples < 1:
-    raise ValueError(f"--num_samples={num_samples} must be >= 1.")
-  model = model_lib.build_model(config.model)
-  restored = checkpoint.restore_workdir(workdir, config, model, step, params_only=True)
-  params = restored.params
-  prompt_BP = jnp.asarray(np.broadcast_to(prompt_P, (num_samples, prompt_P.size)), jnp.int32)
-  start = time.perf_counter()
-  new_BT = np.asarray(generate(model, params, prompt_BP, max_new_tokens, jax.random.key(seed),
-                               sampling))
-  seconds = time.perf_counter() - start
-  state = jax.eval_shape(lambda: prefill(model, params, prompt_BP, prompt_P.size + max_new_tokens))
-  return dict(step=restored.step, prompt=prompt, samples=[data_lib.decode(t) for t in new_BT],
-              tokens=new_BT, state_bytes=state_bytes(state[1]), seconds=seconds,
-              tokens_per_s=num_samples * max_new_tokens / seconds)

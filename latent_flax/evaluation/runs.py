@@ -1,16 +1,25 @@
-"""Evaluate a saved checkpoint on the task's evaluation sets; the result is written as JSON."""
+"""A training run read back from its workdir: its config, its checkpoint evaluated on the
+task's evaluation sets (the result written as JSON), and text sampled from it."""
 
 from __future__ import annotations
 
 import os
+import time
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from latent_flax import checkpoint, config_lib, evaluation, io_utils, steps, tasks
+from latent_flax.training import checkpoint, steps
+from latent_flax import config_lib, tasks
+from latent_flax.evaluation import decode, evaluator
+from latent_flax.tasks import data as data_lib
+from latent_flax import model as model_lib
+from latent_flax.system import io_utils
 from latent_flax.attention import registry as attention_registry
-from latent_flax.parallel import Parallel
+from latent_flax.training.parallel import Parallel
 
 
 class Restored(NamedTuple):
@@ -92,7 +101,7 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
   restored = restore_checkpoint(workdir, config, step)
   global_batch = config.per_device_batch_size * jax.device_count()
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
-  result = evaluation.evaluate(restored.parallel, restored.state.params, task, sets, main,
+  result = evaluator.evaluate(restored.parallel, restored.state.params, task, sets, main,
                                global_batch, n, stream_segment=stream_segment)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split,
             'seq_len': config.data.seq_len, 'trained_seq_len': trained_len,
@@ -131,3 +140,43 @@ def plot_by_context(result: dict, path: str) -> str | None:
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def sample_from_checkpoint(workdir: str, prompt: str, max_new_tokens: int,
+                           sampling: decode.Sampling = decode.Sampling(), *, seed: int = 0,
+                           num_samples: int = 1,
+                           step: int | None = None,
+                           config: ml_collections.ConfigDict | None = None) -> dict:
+  """Continues `prompt` num_samples times from a training workdir's checkpoint.
+
+  Returns the step, the continuations (text), the decoding state's size in bytes
+  and the speed of the whole call (prefill, compilation and sampling included).
+  """
+  config = workdir_config(workdir, config)
+  task = tasks.get(config.data.name)
+  if task.kind != 'lm':
+    raise ValueError(f"{workdir} holds a {task.kind} model of data set {config.data.name!r}, "
+                     "not a language model; generate.py continues text with LM workdirs.")
+  kind = attention_registry.get(config.model.attention)
+  if kind.decode is None:
+    raise ValueError(f"attention {kind.name!r} cannot decode token by token; use one of "
+                     f"{[n for n in attention_registry.names() if attention_registry.get(n).decode]}.")
+  prompt_P = data_lib.encode(prompt)
+  if prompt_P.size == 0:
+    raise ValueError("--prompt is empty; give at least one character to continue.")
+  if max_new_tokens < 1:
+    raise ValueError(f"--max_new_tokens={max_new_tokens} must be >= 1.")
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples} must be >= 1.")
+  model = model_lib.build_model(config.model)
+  restored = checkpoint.restore_workdir(workdir, config, model, step, params_only=True)
+  params = restored.params
+  prompt_BP = jnp.asarray(np.broadcast_to(prompt_P, (num_samples, prompt_P.size)), jnp.int32)
+  start = time.perf_counter()
+  new_BT = np.asarray(decode.generate(model, params, prompt_BP, max_new_tokens, jax.random.key(seed),
+                               sampling))
+  seconds = time.perf_counter() - start
+  state = jax.eval_shape(lambda: decode.prefill(model, params, prompt_BP, prompt_P.size + max_new_tokens))
+  return dict(step=restored.step, prompt=prompt, samples=[data_lib.decode(t) for t in new_BT],
+              tokens=new_BT, state_bytes=decode.state_bytes(state[1]), seconds=seconds,
+              tokens_per_s=num_samples * max_new_tokens / seconds)

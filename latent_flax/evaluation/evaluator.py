@@ -14,8 +14,9 @@ import math
 import jax
 import numpy as np
 
-from latent_flax import data as data_lib
-from latent_flax import steps
+from latent_flax.evaluation import decode
+from latent_flax.tasks import data as data_lib
+from latent_flax.training import steps
 
 LN2 = math.log(2.0)
 POSITION_BUCKETS = (0, 128, 512, 2048, 8192, 32768, 131072)
@@ -38,7 +39,6 @@ def evaluate(parallel, params, task, sets: dict, main: str, global_batch: int,
 def stream_sums(model, params, batch: dict, segment: int, progress=None) -> dict:
   """eval_step's sums for one batch of windows, computed segment by segment;
   `progress(end, n)` after each segment if given."""
-  from latent_flax import decode  # decode imports eval_lib, which imports this module
   targets, weights = batch['targets'], batch['weights']
   n = targets.shape[1]
   loss_by_pos, correct_sum = np.zeros(n), 0.0

@@ -30,12 +30,15 @@ from typing import Any
 import jax
 import ml_collections
 
-from latent_flax import compare_lib, config_lib, decode, io_utils
+from latent_flax.experiments import report as report_lib
+from latent_flax import config_lib
+from latent_flax.evaluation import decode
+from latent_flax.system import io_utils
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
 from latent_flax.tasks import registry as task_registry
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # What a report plots against M, one line per value of `lines` (REPORT in a sweep module).
 METRICS = {name: label for name, (label, _) in task_registry.METRICS.items()}
 DEFAULT_REPORT = {'metric': 'eval_bits_per_byte', 'lines': 'model.num_heads'}
@@ -202,7 +205,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, python: str = sys.executable, env=N
 def submit_sweep(sweep: Sweep, workdir: str, ex, *, nodes: int = 1) -> list:
   """Every unfinished point as one task of a job array on submitit executor `ex`
   (launch.py); validated first, like run_sweep. Returns the submitted jobs."""
-  from latent_flax import launch
+  from latent_flax.experiments import launch
   validate_points(sweep)
   os.makedirs(workdir, exist_ok=True)
   tasks, names = [], []
@@ -283,13 +286,13 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
     task = task_registry.get(config.data.name)
     kind = attention_registry.get(config.model.attention)
     by_result = lines in task.eval_extras
-    metrics = compare_lib.read_metrics(os.path.join(run, 'metrics.jsonl'))
+    metrics = report_lib.read_metrics(os.path.join(run, 'metrics.jsonl'))
     evals = [m for m in metrics if 'eval_loss' in m]
     last = evals[-1] if evals else {}
     bpb = last.get('eval_bits_per_byte', float('nan'))
     accuracy = last.get('eval_accuracy', float('nan'))
     by_pairs = last.get(f'eval_{lines}', {}) if by_result else {}
-    full = compare_lib.latest_eval_json(run, 'validation')  # eval.py's fuller evaluation
+    full = report_lib.latest_eval_json(run, 'validation')  # eval.py's fuller evaluation
     if full is not None and evals and full['step'] == last['step']:
       bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
       by_pairs = full.get(lines, by_pairs)
@@ -305,7 +308,7 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         steps=config.num_train_steps, seed=config.seed, line=_lookup(config, lines),
         num_params=_num_params(config), **_decoding_footprint(config, task),
         eval_bits_per_byte=bpb, eval_accuracy=accuracy,
-        **compare_lib.run_costs(metrics),
+        **report_lib.run_costs(metrics),
         done=is_done(run), step=metrics[-1]['step'],
         curves={k: [(m['step'], m[k]) for m in evals if k in m] for k in METRICS})
     if by_result:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 
-from latent_flax import config_lib, io_utils, tasks
+from latent_flax import config_lib, tasks
+from latent_flax.system import io_utils
 from latent_flax.attention import registry as attention_registry
 from latent_flax.tasks.registry import METRICS
 
