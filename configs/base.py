@@ -46,6 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200   # checkpoints (and at the end)
   config.keep_checkpoints = 2           # latest checkpoints kept, besides the best by eval loss
   config.parallelism = 'jit'            # 'jit' (over config.mesh) or 'pmap' (data only)
+  config.carry_state = False            # train past the window: each batch row reads a document's
+                                        # windows in turn and carries the attention state across
+                                        # steps (full/mla: config.model.memory tokens)
   config.mesh = ml_collections.ConfigDict(dict(  # jit's device mesh (latent_flax/system/sharding.py)
       data=-1,                            # batch rows; -1 = the devices left
       fsdp=1,                             # batch rows, and parameters/optimizer state split

@@ -1,5 +1,6 @@
 """Whole experiment configs: validation before anything is compiled or written, the one
-parser of `configs/X.py:key=value,...` arguments, short names, the saved config.json.
+parser of `configs/X.py:key=value,...` arguments, short names, fields by dotted path
+(`get_field(config, 'model.num_heads')`), the saved config.json.
 
 Short names (SHORT_NAMES) are the one spelling used by config arguments, sweep point
 names and hence workdir names: `configs/m64.py:m=32,heads=8` and a sweep point
@@ -59,6 +60,58 @@ def parse_value(text: str, current: Any, where: str) -> Any:
   return text
 
 
+_REQUIRED = object()
+
+
+def find_field(config: ml_collections.ConfigDict, dotted: str
+               ) -> tuple[ml_collections.ConfigDict, str] | None:
+  """The ConfigDict holding field `dotted` ('model.num_heads') and the field's own name
+  ('num_heads'), or None when config has no such field."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for part in parents:
+    node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    return None
+  return node, leaf
+
+
+def get_field(config: ml_collections.ConfigDict, dotted: str, default: Any = _REQUIRED) -> Any:
+  """config's value of `dotted`; `default` where it has no such field (else ValueError)."""
+  found = find_field(config, dotted)
+  if found is None:
+    if default is _REQUIRED:
+      raise ValueError(f"{dotted!r} is not a config field.")
+    return default
+  node, leaf = found
+  return node[leaf]
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  """Sets the existing field `dotted`; one-line ValueError if there is none or `value` does
+  not fit its type."""
+  found = find_field(config, dotted)
+  if found is None:
+    raise ValueError(f"{dotted!r} is not a config field.")
+  node, leaf = found
+  try:
+    node[leaf] = value
+  except TypeError:
+    raise ValueError(f"{dotted}={value!r} does not fit the field's type "
+                     f"({type(node[leaf]).__name__}).") from None
+
+
+def flat_fields(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  """{'model.num_heads': 4, ...}: every leaf field by its dotted path, in config order."""
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flat_fields(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
 def _resolve(config: ml_collections.ConfigDict, key: str) -> str:
   """A short name, a dotted field, or a bare field name found in exactly one section."""
   if key in SHORT_NAMES or '.' in key:
@@ -77,15 +130,12 @@ def apply_overrides(config: ml_collections.ConfigDict, arg: str | None
     if not item.strip():
       continue
     key, sep, value = item.partition('=')
-    dotted = _resolve(config, key.strip())
-    *parents, leaf = dotted.split('.')
-    node = config
-    for part in parents:
-      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    if not sep or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    found = find_field(config, _resolve(config, key.strip()))
+    if not sep or found is None:
       raise ValueError(f"config argument {item!r}: expected key=value with key a short name "
                        f"({', '.join(SHORT_NAMES)}), a field name such as remat, or a dotted "
                        "field such as model.mlp_dim.")
+    node, leaf = found
     node[leaf] = parse_value(value, node[leaf], f"config argument {key.strip()}")
   return config
 
@@ -111,6 +161,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(mesh) - set(sharding.AXES))
   need(not unknown, f"config.mesh has no axis {unknown[0]!r}; its axes are "
        f"{list(sharding.AXES)}." if unknown else '')
+  if config.get('carry_state'):
+    validate_carry(config)
+
+
+def validate_carry(config: ml_collections.ConfigDict) -> None:
+  """What training past the window (config.carry_state) needs, one line if missing."""
+  task = tasks.get(config.data.name)
+  need(task.kind == 'lm' and hasattr(task, 'documents'),
+       f"config.carry_state reads documents in order: data set {config.data.name!r} has none; "
+       "use a corpus (stdlib_long, text_files, tfds:<name>) or carry_state=False.")
+  need(config.parallelism == 'jit', "config.carry_state needs config.parallelism='jit'.")
+  need(model_lib.fresh_carry(model_lib.validate_model_config(config.model), 1) is not None,
+       f"config.model.attention={config.model.attention!r} carries nothing across windows"
+       + (" with config.model.memory=0: set memory to the tokens to carry (e.g. 4096)"
+          if 'memory' in attention_registry.get(config.model.attention).fields else '')
+       + "; or use carry_state=False.")
+  unit = attention_registry.get(config.model.attention).seq_split_unit(config.model)
+  need(config.data.seq_len % unit == 0,
+       f"config.carry_state carries a state between whole chunks: config.data.seq_len="
+       f"{config.data.seq_len} must be a multiple of config.model.chunk_size={unit}.")
 
 
 def validate_layout(config: ml_collections.ConfigDict, device_count: int) -> tuple[int, ...]:
@@ -154,6 +224,9 @@ def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.Co
                                            + kind.function_fields + kind.shape_fields}
   differ = [f"model.{k}: saved {saved.model.get(k, old)!r} vs new {config.model.get(k, old)!r}"
             for k, old in fields.items() if saved.model.get(k, old) != config.model.get(k, old)]
+  if bool(saved.get('carry_state', False)) != bool(config.get('carry_state', False)):
+    differ.append(f"carry_state: saved {bool(saved.get('carry_state', False))} vs new "
+                  f"{bool(config.get('carry_state', False))}")
   if differ:
     raise ValueError(f"{workdir} holds a run of another model ({'; '.join(differ)}); "
                      "use a new --workdir or the saved config.")

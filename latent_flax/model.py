@@ -63,6 +63,9 @@ class ModelConfig:
   v_head_dim: int = 32              # d_v: MLA's value width per head (mla)
   mla_decode: str = 'absorbed'      # MLA decode steps: 'absorbed' (against the compressed
                                     # cache) or 'naive' (rebuild keys and values; reference)
+  memory: int = 0                   # full/mla trained past the window (config.carry_state):
+                                    # tokens of keys and values each row carries to its next
+                                    # window (Transformer-XL's memory); 0 = none
   emb_dim: int = 128                # D: model width
   mlp_dim: int = 512                # hidden width of the MLP
   num_layers: int = 4               # number of blocks
@@ -159,15 +162,20 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x_BND: jax.Array, deterministic: bool,
                mask_BN: jax.Array | None = None, decode: str | None = None,
-               cache_len: int | None = None) -> jax.Array:
+               cache_len: int | None = None, carry: Any = None):
+    """x_BND -> y_BND; with `carry` (the attention's state from the previous window),
+    (y_BND, the state for the next window)."""
     cfg = self.cfg
     dtype = DTYPES[cfg.dtype]
-    x_BND = make_attention(cfg, causal=self.causal, name='attention')(
-        x_BND, mask_BN, deterministic=deterministic, decode=decode, cache_len=cache_len)
+    extra = {} if carry is None else {'carry': carry}
+    out = make_attention(cfg, causal=self.causal, name='attention')(
+        x_BND, mask_BN, deterministic=deterministic, decode=decode, cache_len=cache_len, **extra)
+    x_BND, carry = out if carry is not None else (out, None)
     h = nn.LayerNorm(dtype=dtype, name='ln_mlp')(x_BND)
     h = nn.Dense(cfg.mlp_dim, dtype=dtype, name='mlp_in')(h)
     h = nn.Dense(x_BND.shape[-1], dtype=dtype, name='mlp_out')(nn.gelu(h))
-    return x_BND + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    y_BND = x_BND + nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return y_BND if carry is None else (y_BND, carry)
 
 
 def sinusoidal_positions(length: int, width: int) -> jax.Array:
@@ -181,9 +189,11 @@ def sinusoidal_positions(length: int, width: int) -> jax.Array:
 
 def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: bool, *,
                       causal: bool, mask_BN: jax.Array | None = None,
-                      decode: str | None = None, cache_len: int | None = None) -> jax.Array:
+                      decode: str | None = None, cache_len: int | None = None,
+                      carry: dict | None = None):
   """Embedding, the blocks and the final LayerNorm, created in the calling compact module
-  (parameters 'embed', 'block_<i>', 'ln_final'), shared by LanguageModel and Classifier."""
+  (parameters 'embed', 'block_<i>', 'ln_final'), shared by LanguageModel and Classifier.
+  With `carry` ({'block_<i>': that block's state}) returns (x, the blocks' next states)."""
   dtype = DTYPES[cfg.dtype]
   x_BND = nn.Embed(VOCAB_SIZE, cfg.emb_dim, dtype=dtype, name='embed',
                    embedding_init=nn.initializers.normal(1.0))(tokens_BN)
@@ -192,10 +202,17 @@ def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: boo
     x_BND = x_BND + sinusoidal_positions(tokens_BN.shape[1], cfg.emb_dim)[None].astype(dtype)
   block = nn.remat(Block, static_argnums=(2,)) if cfg.remat and decode is None else Block
   extra = () if decode is None else (decode, cache_len)
+  next_carry = {}
   for i in range(cfg.num_layers):
-    x_BND = block(cfg, causal=causal, name=f'block_{i}')(x_BND, deterministic, mask_BN, *extra)
+    name = f'block_{i}'
+    if carry is None:
+      x_BND = block(cfg, causal=causal, name=name)(x_BND, deterministic, mask_BN, *extra)
+    else:
+      x_BND, next_carry[name] = block(cfg, causal=causal, name=name)(
+          x_BND, deterministic, mask_BN, None, None, carry[name])
     x_BND = sharding.constrain(x_BND, sharding.BATCH, 'seq')
-  return nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
+  x_BND = nn.LayerNorm(dtype=dtype, name='ln_final')(x_BND)
+  return x_BND if carry is None else (x_BND, next_carry)
 
 
 class LanguageModel(nn.Module):
@@ -211,11 +228,34 @@ class LanguageModel(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BN: jax.Array, *, deterministic: bool = True,
-               decode: str | None = None, cache_len: int | None = None) -> jax.Array:
-    x_BND = _embed_and_blocks(self.cfg, tokens_BN, deterministic, causal=True,
-                              decode=decode, cache_len=cache_len)
+               decode: str | None = None, cache_len: int | None = None,
+               carry: dict | None = None):
+    out = _embed_and_blocks(self.cfg, tokens_BN, deterministic, causal=True, decode=decode,
+                            cache_len=cache_len, carry=carry)
+    x_BND, next_carry = out if carry is not None else (out, None)
     logits_BNV = nn.Dense(VOCAB_SIZE, dtype=DTYPES[self.cfg.dtype], name='head')(x_BND)
-    return logits_BNV.astype(jnp.float32)
+    logits_BNV = logits_BNV.astype(jnp.float32)
+    return logits_BNV if carry is None else (logits_BNV, next_carry)
+
+
+def fresh_carry(cfg: ModelConfig, batch: int) -> dict | None:
+  """What `batch` rows carry into their first window ({'block_<i>': state}, every leaf
+  [batch, ...]): the attention kind's fresh state; None if the kind carries nothing."""
+  kind = registry.get(cfg.attention)
+  if kind.fresh_carry is None:
+    return None
+  layers = [kind.fresh_carry(cfg, batch, DTYPES[cfg.dtype]) for _ in range(cfg.num_layers)]
+  if layers[0] is None:
+    return None
+  return {f'block_{i}': layer for i, layer in enumerate(layers)}
+
+
+def reset_carry(carry: dict, fresh: dict, start_B: jax.Array) -> dict:
+  """Rows flagged as starting a document take the fresh state, bit for bit."""
+  def pick(old, new):
+    flag = start_B.reshape(start_B.shape + (1,) * (old.ndim - 1)).astype(bool)
+    return jnp.where(flag, new, old)
+  return jax.tree.map(pick, carry, fresh)
 
 
 class Classifier(nn.Module):

@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 
 from latent_flax.training import checkpoint, metric_writer, steps, workdir_lock
 from latent_flax import config_lib, tasks
-from latent_flax.evaluation import evaluator
+from latent_flax.evaluation import evaluator, runs
 from latent_flax.system import io_utils
 from latent_flax.tasks import data as data_lib
 from latent_flax import model as model_lib
@@ -110,6 +110,79 @@ def _claim(workdir: str):
     yield
 
 
+def _global_batch(config: ml_collections.ConfigDict) -> int:
+  """Windows per step over all devices (devices along a seq axis share their rows: the
+  batch is per device of data x fsdp)."""
+  return (config.per_device_batch_size * jax.device_count()
+          // config_lib.validate_layout(config, jax.device_count())[2])
+
+
+def _logged_global_batch(workdir: str, step: int) -> int | None:
+  """The global batch metrics.jsonl logged last at or before `step` (checkpoints saved
+  before they recorded their own), or None."""
+  found = None
+  with contextlib.suppress(OSError, ValueError):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        record = json.loads(line) if line.strip() else {}
+        if record.get('step', step + 1) <= step and 'global_batch' in record:
+          found = int(record['global_batch'])
+  return found
+
+
+def resume_position(data_state: dict, config: ml_collections.ConfigDict, workdir: str,
+                    step: int) -> tuple[int, str]:
+  """(the batch to resume at, '' or a note saying it moved) for checkpoint `step`.
+
+  The training stream is a sequence of samples, read in batches of the global batch
+  (data.TrainIterator); a checkpoint saved with another global batch (another device count
+  or per_device_batch_size) resumes at the same sample, in batches of this run's. One line
+  refuses a global batch that does not divide that sample number (samples would repeat or
+  be skipped), and any change for a run that reads documents row by row (carry_state).
+  """
+  global_batch = _global_batch(config)
+  position = int(data_state['position'])
+  saved = data_state.get('global_batch') or _logged_global_batch(workdir, step) or global_batch
+  if saved == global_batch:
+    return position, ''
+  fields = (f"config.per_device_batch_size={config.per_device_batch_size} on "
+            f"{jax.device_count()} device(s)")
+  samples = position * saved
+  if data_state.get('order') == 'documents' or samples % global_batch:
+    raise ValueError(
+        f"checkpoint step {step} in {workdir} was saved with a global batch of {saved}, at "
+        f"sample {samples:,} of the training stream; this run's, {global_batch} ({fields}), "
+        + ("cannot continue its rows of documents"
+           if data_state.get('order') == 'documents' else "does not divide it")
+        + f": choose per_device_batch_size and devices that give {saved} again.")
+  return samples // global_batch, (f"; the global batch is now {global_batch} ({fields}, was "
+                                   f"{saved}): the same sample {samples:,} is batch "
+                                   f"{samples // global_batch}")
+
+
+def _stop_not_finite(what: str, step: int, mngr, workdir: str):
+  """Raises FloatingPointError: `what` at `step`, which is not saved. Every checkpoint
+  saved had a finite training loss, parameters and evaluation loss, so the latest is
+  the last good one."""
+  mngr.wait_until_finished()
+  last = mngr.latest_step()
+  kept = (f"The last good checkpoint is step {last} in {workdir}" if last is not None
+          else f"No checkpoint was saved in {workdir} before it")
+  raise FloatingPointError(
+      f"{what} at step {step}; stopped without saving that step. {kept}. Lower "
+      "config.learning_rate (or weight_decay), or set config.grad_clip_norm.")
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _params_finite(params) -> bool:
+  """No NaN or inf in `params` (global arrays; one reduction on device)."""
+  return bool(np.asarray(_all_finite(params).addressable_data(0)))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains config in workdir (resuming if it holds checkpoints). Returns final metrics.
 
@@ -123,8 +196,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   saved = config_lib.load_saved_config(workdir)
   if saved is not None:
     config_lib.check_compatible(saved, config, workdir)
+  latest = checkpoint.latest_data_state(workdir, config)
+  if latest is not None:  # refused here, before anything is written
+    resume_position(latest[1], config, workdir, latest[0])
   task = tasks.get(config.data.name)
-  train_source = tasks.load(config.data, 'train')
+  train_source = (task.documents(config.data, 'train') if config.get('carry_state')
+                  else tasks.load(config.data, 'train'))
   eval_sets, eval_main = task.eval_sets(config.data, config.model, 'validation')
   with _claim(workdir):
     return _train(config, workdir, task, train_source, eval_sets, eval_main)
@@ -132,16 +209,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   n_proc, proc = jax.process_count(), jax.process_index()
-  # Devices along a seq axis share their rows: the batch is per device of data x fsdp.
-  global_batch = (config.per_device_batch_size * jax.device_count()
-                  // config_lib.validate_layout(config, jax.device_count())[2])
+  global_batch = _global_batch(config)
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
   if is_chief:
     config_lib.save_config(config, workdir)
 
   model = config_lib.build_model(config)
-  parallel = Parallel(config.parallelism, model, config)
+  carries = bool(config.get('carry_state'))
+  parallel = Parallel(config.parallelism, model, config,
+                      carry_batch=global_batch if carries else 0)
   target = checkpoint.abstract_state(model, config, parallel.shard_state_like)
   mngr = checkpoint.manager(workdir, config)
   rng = jax.random.key(config.seed)
@@ -150,11 +227,11 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   start_step = mngr.latest_step() or 0
   if start_step:
     state, data_state = checkpoint.restore(mngr, start_step, target, workdir)
-    position = int(data_state['position'])
+    position, moved = resume_position(data_state, config, workdir, start_step)
     shuffle = data_state.get('shuffle', 'numpy')  # saved before 2026-12-02: numpy's order
     elapsed_before = float(data_state.get('elapsed_s', 0.0))
     say(f"Resuming from checkpoint step {start_step} in {workdir} "
-        f"(data position {position}).")
+        f"(data position {position}{moved}).")
   else:
     init = steps.make_init_fn(model, config)
     state = jax.jit(lambda rng: parallel.lay_out(init(rng)))(init_rng)
@@ -162,10 +239,20 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
     elapsed_before = 0.0
   state = parallel.put_state(state)
   num_params = model_lib.count_params(target.params)
-  train_iter = data_lib.TrainIterator(train_source, global_batch, config.seed,
-                                      process_index=parallel.data_share[0],
-                                      process_count=parallel.data_share[1], position=position,
-                                      shuffle=shuffle)
+  if carries:  # each row reads a document's windows in turn and carries its state
+    train_iter = data_lib.DocumentStream(train_source, global_batch, config.seed,
+                                         process_index=parallel.data_share[0],
+                                         process_count=parallel.data_share[1],
+                                         state=data_state if start_step else None)
+    carry = parallel.fresh_carry()
+    if start_step:
+      carry = checkpoint.restore_carry(mngr, start_step, carry, workdir)
+  else:
+    train_iter = data_lib.TrainIterator(train_source, global_batch, config.seed,
+                                        process_index=parallel.data_share[0],
+                                        process_count=parallel.data_share[1],
+                                        position=position, shuffle=shuffle)
+    carry = None
 
   writer = metric_writer.MetricWriter(workdir, enabled=is_chief)
   if start_step == 0:
@@ -182,7 +269,8 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
 
   def save(step: int, metrics: dict | None):
     checkpoint.save(mngr, step, parallel.global_state(state),
-                    {**train_iter.get_state(), 'elapsed_s': elapsed()}, metrics)
+                    {**train_iter.get_state(), 'global_batch': global_batch,
+                     'elapsed_s': elapsed()}, metrics, carry)
 
   session_start = time.time()
   elapsed = lambda: elapsed_before + time.time() - session_start  # training wall time, all sessions
@@ -195,7 +283,10 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   with stop:
     while step < config.num_train_steps:
       batch = next(train_iter)
-      state, metrics = parallel.train_step(state, batch, dropout_rng)
+      if carries:
+        state, carry, metrics = parallel.carry_train_step(state, carry, batch, dropout_rng)
+      else:
+        state, metrics = parallel.train_step(state, batch, dropout_rng)
       # Sums on device since the last log (no host sync), so the logged train loss,
       # accuracy and gradient norm are means over the window, not one noisy batch.
       averaged = {k: metrics[k] for k in WINDOW_MEANS}
@@ -212,13 +303,11 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
       if not (is_log or is_eval or is_ckpt):
         continue
       host = parallel.first(metrics)
-      loss = float(host['loss'])
+      loss = float(host['loss'])  # of the parameters before this step's update
       if not math.isfinite(loss):
-        mngr.wait_until_finished()
-        raise FloatingPointError(
-            f"training loss is {loss} at step {step}; stopped without saving it. The last good "
-            f"checkpoint is step {mngr.latest_step()} in {workdir}. Lower "
-            "config.learning_rate or set config.grad_clip_norm.")
+        _stop_not_finite(f"the training loss is {loss}", step, mngr, workdir)
+      if not _params_finite(parallel.global_state(state).params):
+        _stop_not_finite("a parameter is NaN or inf after the update", step, mngr, workdir)
       record = {'step': step}
       now = time.time()
       if is_log:
@@ -236,7 +325,13 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
       if is_eval:
         ev = evaluator.evaluate(parallel, state.params, task, eval_sets, eval_main,
                                  global_batch, config.num_eval_steps)
-        record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'])
+        if not math.isfinite(ev['loss']):
+          _stop_not_finite(f"the evaluation loss is {ev['loss']}", step, mngr, workdir)
+        # How much of the split the number covers goes wherever it goes.
+        covered = runs.coverage(eval_sets[eval_main], ev['tokens'], global_batch,
+                                config.num_eval_steps)
+        record.update(eval_loss=ev['loss'], eval_accuracy=ev['accuracy'],
+                      eval_tokens=ev['tokens'], eval_split_tokens=covered['split_tokens'])
         for key, (extra, _) in task.eval_extras.items():
           if key in ev:
             record[f'eval_{key}'] = ev[key]
@@ -247,7 +342,8 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
         say(f"step {step:6d}  eval loss {ev['loss']:.4f}  {task.accuracy_label} "
             f"{ev['accuracy']:.4f}"
             + (f"  bits/byte {ev['bits_per_byte']:.4f}"
-               if task.metric == 'eval_bits_per_byte' else ''))
+               if task.metric == 'eval_bits_per_byte' else '')
+            + f"  {runs.over(ev['tokens'], covered['split_tokens'], task.target_unit)}")
       record.update(elapsed_s=elapsed(), peak_memory_mb=io_utils.peak_memory_mb())
       writer.write_scalars(step, {k: v for k, v in record.items()
                                   if k != 'step' and not isinstance(v, dict)})

@@ -19,6 +19,10 @@ against the compressed cache (`absorb=True`): the query's non-rotary part is map
 the latent space, scores = (q_C W_UK^T) . c_KV + q_R . k_R, and the attention-weighted
 sum of c_KV is mapped out by W_UV. `absorb=False` rebuilds k_C and v from the cache at
 every step (the reference the absorbed path is tested against).
+
+Training past the window (`carry`, a Transformer-XL memory): each row carries its last
+`memory` tokens' compressed cache (c_KV and the un-rotated k_R) into the next window,
+whose queries attend to [memory ; the window's causal prefix], keys rebuilt from it.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class MultiHeadLatentAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
                deterministic: bool = True, decode: str | None = None,
-               cache_len: int | None = None) -> jax.Array:
+               cache_len: int | None = None, carry: dict | None = None):
     B, N, D = x_BND.shape
     H, dc = self.num_heads, self.kv_lora_rank
     x_BND = x_BND.astype(self.dtype)
@@ -107,6 +111,21 @@ class MultiHeadLatentAttention(nn.Module):
     w_uv = self._weight('value_up', (dc, H, self.v_head_dim), 0, (1, 2))
     w_o = self._weight('out', (H, self.v_head_dim, D), (0, 1), 2)
     out = lambda o_BTHv: jnp.einsum('bthv,hvd->btd', o_BTHv.astype(self.dtype), w_o)
+
+    if carry is not None:
+      if not self.causal or decode is not None or mask_BN is not None:
+        raise ValueError("a carried memory needs causal attention, no decode mode, no mask.")
+      mem = carry['valid'].shape[1]
+      c_all = jnp.concatenate([carry['latent'].astype(c_kv.dtype), c_kv], axis=1)
+      r_all = jnp.concatenate([carry['key_rope'].astype(k_r.dtype), k_r], axis=1)
+      valid = jnp.concatenate([carry['valid'], jnp.ones((B, N), bool)], axis=1)
+      k, v = self._rebuild(c_all, self._rotate(r_all, np.arange(mem + N)), w_uk, w_uv)
+      q = jnp.concatenate([q_c, self._rotate(q_r, np.arange(mem, mem + N))], -1)
+      # Causal with the last query on the last key: query i sees memory and window keys <= i.
+      o = flash.flash_attention(q, k, v, causal=True, key_valid_BS=valid)
+      keep = lambda x: x[:, x.shape[1] - mem:]
+      y = nn.Dropout(self.dropout_rate)(out(o), deterministic=deterministic)
+      return x_BND + y, {'latent': keep(c_all), 'key_rope': keep(r_all), 'valid': keep(valid)}
 
     if decode == 'extend':  # N tokens at positions pos.., in parallel, after the cached ones
       if not self.causal:
@@ -165,3 +184,10 @@ class MultiHeadLatentAttention(nn.Module):
     p = jax.nn.softmax(s, axis=-1)
     o_lat = jnp.einsum('bhts,bsc->bthc', p, cache_c_BSc.astype(jnp.float32), **f32)
     return jnp.einsum('bthc,chv->bthv', o_lat, w_uv.astype(jnp.float32), **f32)
+
+
+def fresh_memory(cfg, batch: int, dtype) -> dict:
+  """A row's memory at a document's start: `cfg.memory` empty slots of the compressed cache."""
+  return {'latent': jnp.zeros((batch, cfg.memory, cfg.kv_lora_rank), dtype),
+          'key_rope': jnp.zeros((batch, cfg.memory, cfg.rope_head_dim), dtype),
+          'valid': jnp.zeros((batch, cfg.memory), bool)}

@@ -16,16 +16,17 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from latent_flax.attention.causal_latent import LATENT_DECAYS, CausalLatentAttention
-from latent_flax.attention.full import FullAttention
+from latent_flax.attention.causal_latent import LATENT_DECAYS, CausalLatentAttention, fresh_state
+from latent_flax.attention.full import FullAttention, fresh_memory
 from latent_flax.attention.latent import LatentAttention
+from latent_flax.attention import mla
 from latent_flax.attention.mla import DECODE_PATHS, MultiHeadLatentAttention
 from latent_flax.system.checks import need_int
 
 # How a report abbreviates the fields kinds read (the rest are printed by name).
 # '' leaves a field out of labels (it changes how, not what, is computed).
 # QUIET_VALUES: a field at this value (today's block) is left out of labels too.
-QUIET_VALUES = {'latent_decay': 'none'}
+QUIET_VALUES = {'latent_decay': 'none', 'memory': 0}
 FIELD_LABELS = {'num_latents': 'M', 'chunk_size': 'C', 'attention_impl': '', 'mla_decode': '',
                 'kv_lora_rank': 'd_c', 'q_lora_rank': "d_c'", 'rope_head_dim': 'd_R',
                 'head_dim': 'd_h', 'v_head_dim': 'd_v', 'latent_decay': 'decay'}
@@ -56,6 +57,10 @@ class AttentionKind:
   flops: Callable[[Any, int], float] | None = None
   # validate(cfg) raises ValueError with one line if the kind's own fields are bad.
   validate: Callable[[Any], None] | None = None
+  # fresh_carry(cfg, batch, dtype): the state `batch` rows carry from one training window
+  # to the next (config.carry_state), fresh as at a document's start, every leaf
+  # [batch, ...]; None (or a function returning None for cfg): nothing to carry.
+  fresh_carry: Callable[[Any, int, Any], Any] | None = None
 
   @property
   def has_latents(self) -> bool:
@@ -153,12 +158,17 @@ def _validate_mla(cfg) -> None:
   if cfg.mla_decode not in DECODE_PATHS:
     raise ValueError(f"config.model.mla_decode={cfg.mla_decode!r} is unknown; use one of "
                      f"{list(DECODE_PATHS)}.")
+  _validate_memory(cfg)
 
 
 def _validate_causal_latent(cfg) -> None:
   if cfg.latent_decay not in LATENT_DECAYS:
     raise ValueError(f"config.model.latent_decay={cfg.latent_decay!r} is unknown; use one of "
                      f"{list(LATENT_DECAYS)}.")
+
+
+def _validate_memory(cfg) -> None:
+  need_int('config.model.memory', cfg.memory, 0, ' (tokens carried to the next window; 0 = none)')
 
 
 def _full_flops(cfg, n: int) -> float:
@@ -180,17 +190,19 @@ register(AttentionKind(
         num_latents=cfg.num_latents, chunk_size=cfg.chunk_size, latent_decay=cfg.latent_decay,
         **common),
     summary='chunked causal latent block: O(N*(M+C)*D), fixed-size decoding state',
-    flops=_causal_latent_flops, validate=_validate_causal_latent))
+    flops=_causal_latent_flops, validate=_validate_causal_latent, fresh_carry=fresh_state))
 register(AttentionKind(
-    name='full', causal=True, bidirectional=True, decode='cache', fields=('attention_impl',),
+    name='full', causal=True, bidirectional=True, decode='cache',
+    fields=('attention_impl', 'memory'), function_fields=('memory',),
     build=lambda cfg, causal, **common: FullAttention(causal=causal, impl=cfg.attention_impl,
                                                       **common),
     summary='full softmax attention: O(N*N*D), KV cache grows with the length',
-    flops=_full_flops))
+    flops=_full_flops, validate=lambda cfg: _validate_memory(cfg),
+    fresh_carry=lambda cfg, batch, dtype: fresh_memory(cfg, batch, dtype) if cfg.memory else None))
 register(AttentionKind(
     name='mla', causal=True, bidirectional=True, decode='cache',
     fields=('kv_lora_rank', 'q_lora_rank', 'rope_head_dim', 'head_dim', 'v_head_dim',
-            'attention_impl', 'mla_decode'),
+            'attention_impl', 'mla_decode', 'memory'), function_fields=('memory',),
     shape_fields=('kv_lora_rank', 'q_lora_rank', 'rope_head_dim', 'head_dim', 'v_head_dim'),
     build=lambda cfg, causal, **common: MultiHeadLatentAttention(
         kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank,
@@ -198,4 +210,5 @@ register(AttentionKind(
         causal=causal, impl=cfg.attention_impl, absorb=cfg.mla_decode == 'absorbed', **common),
     summary=("DeepSeek's multi-head latent attention: full attention, O(N*N), on keys and "
              "values rebuilt from a d_c-wide latent; caches d_c + d_R numbers per token"),
-    flops=_mla_flops, validate=_validate_mla))
+    flops=_mla_flops, validate=_validate_mla,
+    fresh_carry=lambda cfg, batch, dtype: mla.fresh_memory(cfg, batch, dtype) if cfg.memory else None))

@@ -266,6 +266,12 @@ class Corpus(registry.Task):
       raise ValueError(f"config.data.eval_windows={windows!r} is unknown; use one of "
                        f"{list(EVAL_WINDOWS)}.")
 
+  def documents(self, data_config, split: str) -> data_lib.Documents:
+    """`split` as its documents, for reading each in order (config.carry_state)."""
+    prepared = _kept(data_config, split)
+    return data_lib.Documents(prepared.data, prepared.docs, data_config.seq_len,
+                              f"{split} split of {data_config.name!r}")
+
   def load(self, data_config, split: str) -> data_lib.Windows | data_lib.DocumentWindows:
     what = f"{split} split of {data_config.name!r}"
     if split != 'train' and (data_config.get('eval_windows') or 'stream') == 'documents':

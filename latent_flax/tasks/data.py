@@ -7,6 +7,8 @@ interface (`num_windows`, `get(ids)` -> a batch dict of 'inputs', 'targets',
   Windows   windows of seq_len + 1 bytes at stride seq_len over one uint8 array,
             giving inputs = window[:-1] and targets = window[1:];
   Examples  fixed examples of equal length.
+Documents (a split as its documents) feed DocumentStream, the training order that reads
+each document's windows in turn across steps (config.carry_state).
 
 Training order: global sample s of the stream is window perm_e[s mod W] with
 e = s // W and perm_e a permutation seeded by (seed, e). Batch b holds samples
@@ -148,6 +150,104 @@ class TrainIterator(Iterator[dict]):
   def set_state(self, state: dict) -> None:
     self.position = int(state['position'])
     self.shuffle = state.get('shuffle', 'numpy')
+
+
+class Documents:
+  """A split as its documents: `data` (every byte, documents joined) and `docs_D2`
+  ((start, length) of each), for reading each document in order (DocumentStream)."""
+
+  def __init__(self, data: np.ndarray, docs_D2: np.ndarray, seq_len: int, what: str = 'corpus'):
+    if not len(docs_D2):
+      raise ValueError(f"the {what} has no documents.")
+    self.data, self.docs, self.seq_len = data, np.asarray(docs_D2, np.int64), seq_len
+    self.num_documents = len(self.docs)
+
+  def window(self, doc: int, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, targets and weights of the window at `offset` bytes into document `doc`:
+    inputs are its bytes offset .. offset + seq_len - 1, targets the next byte of each,
+    the byte after the document's last being SEPARATOR; past that, weight 0."""
+    start, length = self.docs[doc]
+    n = self.seq_len
+    ext = np.zeros(n + 1, np.int32)  # SEPARATOR == 0 after the document, then padding
+    got = self.data[start + offset:start + min(length, offset + n + 1)]
+    ext[:len(got)] = got
+    weights = (np.arange(n) < length - offset).astype(np.float32)
+    return ext[:-1], ext[1:], weights
+
+
+class DocumentStream(Iterator[dict]):
+  """Batches that read documents in order: row r of the global batch reads one document's
+  consecutive windows on consecutive steps; when it ends, the row takes the next document
+  of the stream and its first window is flagged `start` (the attention state it carries
+  is reset there). Documents are handed out in a per-epoch order drawn from the seed
+  (grain's index_shuffle: no memory grows with the corpus).
+
+  The state is small and global: the next document's number in the stream and each row's
+  (document number, byte offset). Every process keeps all of it and materialises only its
+  rows, so the stream is the same for any number of processes and any mesh; a saved state
+  resumes exactly. Batches hold 'inputs', 'targets', 'weights' and 'start' ([rows] bool).
+  """
+
+  def __init__(self, source: Documents, global_batch: int, seed: int, *,
+               process_index: int = 0, process_count: int = 1, state: dict | None = None):
+    if global_batch % process_count:
+      raise ValueError(f"global batch {global_batch} does not split over {process_count} processes.")
+    self.source, self.global_batch, self.seed = source, global_batch, seed
+    self.local_batch = global_batch // process_count
+    self.row0 = process_index * self.local_batch
+    self.next_doc = global_batch
+    self.row_doc = np.arange(global_batch, dtype=np.int64)
+    self.row_offset = np.zeros(global_batch, np.int64)
+    self.position = 0
+    if state is not None:
+      self.set_state(state)
+
+  def document(self, number: int) -> int:
+    """The document that is `number`-th in the stream (epoch number // D reshuffled)."""
+    d = self.source.num_documents
+    epoch, i = divmod(int(number), d)
+    if d == 1:
+      return 0
+    from grain.experimental import index_shuffle  # imported on first use: it is slow
+    return int(index_shuffle(i, max_index=d - 1, seed=epoch_seed(self.seed, epoch),
+                             rounds=SHUFFLE_ROUNDS))
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rows = range(self.row0, self.row0 + self.local_batch)
+    parts = [self.source.window(self.document(self.row_doc[r]), int(self.row_offset[r]))
+             for r in rows]
+    batch = {'inputs': np.stack([p[0] for p in parts]),
+             'targets': np.stack([p[1] for p in parts]),
+             'weights': np.stack([p[2] for p in parts]),
+             'start': self.row_offset[self.row0:self.row0 + self.local_batch] == 0}
+    self._advance()
+    return batch
+
+  def _advance(self) -> None:
+    """Every row of the global batch moves one window on; rows past their document's end
+    take the next documents of the stream, in row order."""
+    self.row_offset += self.source.seq_len
+    for r in range(self.global_batch):
+      length = self.source.docs[self.document(self.row_doc[r]), 1]
+      if self.row_offset[r] >= length:  # every target of the document has been read
+        self.row_doc[r], self.row_offset[r] = self.next_doc, 0
+        self.next_doc += 1
+    self.position += 1
+
+  def get_state(self) -> dict:
+    return {'position': int(self.position), 'seed': int(self.seed), 'order': 'documents',
+            'next_doc': int(self.next_doc), 'row_doc': self.row_doc.tolist(),
+            'row_offset': self.row_offset.tolist()}
+
+  def set_state(self, state: dict) -> None:
+    if len(state['row_doc']) != self.global_batch:
+      raise ValueError(f"the saved document stream has {len(state['row_doc'])} rows, this run "
+                       f"{self.global_batch}: keep the global batch (per_device_batch_size x "
+                       "devices) of the run when it carries state.")
+    self.position = int(state['position'])
+    self.next_doc = int(state['next_doc'])
+    self.row_doc = np.asarray(state['row_doc'], np.int64)
+    self.row_offset = np.asarray(state['row_offset'], np.int64)
 
 
 def eval_batches(windows: Windows | Examples, global_batch: int, num_batches: int | None, *,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -46,38 +47,94 @@ def _quiet():
     absl_logger.removeFilter(handler_filter)
 
 
+def _ranked(metric: str, lower_is_better: bool):
+  """The metric a checkpoint is ranked by; NaN or inf (which the trainer never saves
+  now) ranks worst, never best."""
+  worst = math.inf if lower_is_better else -math.inf
+
+  def value(metrics: dict) -> float:
+    x = float(metrics[metric])
+    return x if math.isfinite(x) else worst
+  return value
+
+
 def manager(workdir: str, config: ml_collections.ConfigDict, *,
             read_only: bool = False) -> ocp.CheckpointManager:
   task = tasks.get(config.data.name)
-  metric = task.metric
+  ranked = _ranked(task.metric, task.lower_is_better)
   policies = ocp.checkpoint_managers
   preservation = policies.AnyPreservationPolicy([
       policies.LatestN(n=config.keep_checkpoints),
       # BestN keeps the last n after sorting (ascending unless reverse): reverse for
       # a metric where lower is better keeps the lowest.
-      policies.BestN(get_metric_fn=lambda m: m[metric], reverse=task.lower_is_better, n=1,
+      policies.BestN(get_metric_fn=ranked, reverse=task.lower_is_better, n=1,
                      keep_checkpoints_without_metrics=False)])
   options = ocp.CheckpointManagerOptions(
       preservation_policy=preservation, create=not read_only, read_only=read_only,
       # best_fn makes the manager write each step's metrics beside it (and read them
       # back on resume), so the best checkpoint survives restarts; best_step() uses it.
-      best_fn=lambda m: m[metric], best_mode='min' if task.lower_is_better else 'max',
+      best_fn=ranked, best_mode='min' if task.lower_is_better else 'max',
       cleanup_tmp_directories=not read_only, enable_async_checkpointing=not read_only,
       save_interval_steps=0 if read_only else 1)
   with _quiet():
     return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
                                  options=options,
                                  item_handlers={'state': ocp.StandardCheckpointHandler(),
-                                                'data': ocp.JsonCheckpointHandler()})
+                                                'data': ocp.JsonCheckpointHandler(),
+                                                'carry': ocp.StandardCheckpointHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict,
-         metrics: dict | None) -> None:
-  """Starts writing step's checkpoint (state, data position, eval metrics if evaluated)."""
+         metrics: dict | None, carry=None) -> None:
+  """Starts writing step's checkpoint (state, data position, eval metrics if evaluated,
+  and the state each row carries to its next window when the run carries one)."""
+  items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+  if carry is not None:
+    items['carry'] = ocp.args.StandardSave(carry)
   with _quiet():
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            data=ocp.args.JsonSave(data_state)),
-              metrics=metrics)
+    mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+
+
+def restore_carry(mngr: ocp.CheckpointManager, step: int, target, where: str):
+  """The carried state saved with `step`, laid out as `target` (shapes with shardings);
+  one line if the checkpoint holds none or holds another shape."""
+  try:
+    meta = mngr.item_metadata(step)['carry']
+    meta = meta.tree if hasattr(meta, 'tree') else meta
+  except Exception:
+    meta = None
+  if meta is None:
+    raise ValueError(f"checkpoint step {step} in {where} holds no carried state; it was "
+                     "trained with config.carry_state=False: keep that setting to resume it.")
+  saved, wanted = _flat_shapes(meta), _flat_shapes(target)
+  for path in sorted(set(saved) | set(wanted)):
+    if saved.get(path) != wanted.get(path):
+      raise ValueError(
+          f"checkpoint step {step} in {where} carries state{path} of shape "
+          f"{saved.get(path, 'absent')}, this run {wanted.get(path, 'absent')}; resume with "
+          "the run's global batch and model fields.")
+  with _quiet():
+    return mngr.restore(step, args=ocp.args.Composite(
+        carry=ocp.args.StandardRestore(target)))['carry']
+
+
+def latest_data_state(workdir: str, config: ml_collections.ConfigDict
+                      ) -> tuple[int, dict] | None:
+  """(step, data position) of the latest checkpoint, read alone (cheap), or None if there
+  is none or it does not read (the restore then says why)."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return None
+  mngr = manager(workdir, config, read_only=True)
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      return None
+    with _quiet():
+      return step, mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data']
+  except Exception:  # unreadable: restore() gives the one line
+    return None
+  finally:
+    mngr.close()
 
 
 def abstract_state(model, config, sharding) -> steps.TrainState:

@@ -18,9 +18,11 @@ import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from latent_flax import model as model_lib
 from latent_flax.training import optim, steps
 from latent_flax.system import sharding
 
@@ -28,11 +30,15 @@ from latent_flax.system import sharding
 class Parallel:
   """Places state and batches on devices and runs the steps, by jit or by pmap."""
 
-  def __init__(self, kind: str, model, config, mesh=None, devices=None):
+  def __init__(self, kind: str, model, config, mesh=None, devices=None, carry_batch: int = 0):
     """mesh: axis sizes instead of config.mesh's (eval: {'data': -1}); devices: the
-    devices it tiles (default all; benchmarks compare meshes on fewer)."""
+    devices it tiles (default all; benchmarks compare meshes on fewer); carry_batch: the
+    global batch of a run that carries state across windows (config.carry_state), else 0."""
+    if carry_batch and kind != 'jit':
+      raise ValueError("config.carry_state needs config.parallelism='jit'.")
     self.kind = kind
     self.model = model
+    self.carry_batch = carry_batch
     self.devices = jax.local_devices()
     mesh_devices = jax.devices() if devices is None else list(devices)
     data, fsdp, seq = sharding.mesh_shape(config.get('mesh') if mesh is None else mesh,
@@ -83,7 +89,26 @@ class Parallel:
                                               schedule=self._schedule)
         return self.lay_out(new_state), metrics
       self._train = jax.jit(train, donate_argnums=(0,))
+      fresh = model_lib.fresh_carry(self.model.cfg, 1)
+      if self.carry_batch and fresh is not None:
+        fresh_rows = jax.tree.map(lambda x: jnp.repeat(x, self.carry_batch, 0), fresh)
+
+        def train_carry(state, carry, batch, rng):
+          new_state, carry, metrics = steps.carry_train_step(
+              state, carry, batch, rng, fresh=fresh_rows, schedule=self._schedule)
+          return self.lay_out(new_state), self.place_carry(carry), metrics
+        self._train_carry = jax.jit(train_carry, donate_argnums=(0, 1))
     return self.state_shardings
+
+  def fresh_carry(self):
+    """Every row's carried state as at a document's start, placed by rows."""
+    # Made by one jit, so that no two leaves share a buffer (the step donates them all).
+    return jax.jit(lambda: model_lib.fresh_carry(self.model.cfg, self.carry_batch),
+                   out_shardings=self.row_sharding)()
+
+  def place_carry(self, carry, place=jax.lax.with_sharding_constraint):
+    """The carried state split by rows like the batch (inside jit by default)."""
+    return jax.tree.map(lambda x: place(x, self.row_sharding), carry)
 
   def lay_out(self, state, place=jax.lax.with_sharding_constraint):
     """`state` (any TrainState: its optimizer object may be another instance than the one
@@ -162,6 +187,11 @@ class Parallel:
     """rng as given by put_rng."""
     with self._mesh_context():
       return self._train(state, self._shard(batch), rng)
+
+  def carry_train_step(self, state, carry, batch, rng):
+    """(state, carry, metrics) of steps.carry_train_step; carry as fresh_carry places it."""
+    with self._mesh_context():
+      return self._train_carry(state, carry, self._shard(batch), rng)
 
   def eval_step(self, params, batch):
     with self._mesh_context():

@@ -15,6 +15,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from latent_flax import model as model_lib
 from latent_flax.training import optim
 
 
@@ -66,6 +67,29 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, axis_name: str
   metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
              'learning_rate': schedule(state.step)}
   return state.apply_gradients(grads=grads), metrics
+
+
+def carry_train_step(state: TrainState, carry, batch: dict, rng: jax.Array, *, fresh,
+                     schedule: optax.Schedule):
+  """train_step for a model that reads documents in order (config.carry_state, jit only):
+  `carry`, the attention state each row carried out of its previous window, is reset to
+  `fresh` in rows whose batch['start'] is set, read by this window, and the state it
+  leaves is returned for the next step. No gradient crosses a step: the carry enters as
+  a constant and leaves through stop_gradient."""
+  rng = jax.random.fold_in(rng, state.step)
+  carry = model_lib.reset_carry(carry, fresh, batch['start'])
+  weight_sum = jnp.maximum(jnp.sum(batch['weights']), 1.0)
+
+  def loss_fn(params):
+    logits, next_carry = state.apply_fn({'params': params}, batch['inputs'], deterministic=False,
+                                        rngs={'dropout': rng}, carry=carry)
+    ce, correct = weighted_ce(logits, batch)
+    return jnp.sum(ce) / weight_sum, (jnp.sum(correct) / weight_sum, next_carry)
+
+  (loss, (accuracy, next_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
+             'learning_rate': schedule(state.step)}
+  return state.apply_gradients(grads=grads), jax.lax.stop_gradient(next_carry), metrics
 
 
 def eval_step(params, batch: dict, *, apply_fn, axis_name: str | None):

@@ -1,0 +1,231 @@
+"""Training past the window (config.carry_state): the document stream, and the state each
+row carries from one window to the next, tested exactly against one pass and streaming."""
+
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from latent_flax import config_lib, trainer
+from latent_flax import model as model_lib
+from latent_flax.training import checkpoint
+from tests import helpers
+from latent_flax.attention import registry
+from latent_flax.attention.full import FullAttention, fresh_memory
+from latent_flax.tasks import data as data_lib
+
+C = 4   # chunk size
+W = 8   # window: two chunks
+# Every kind that can carry a state, with the fields that make it carry one.
+CARRYING = ['causal_latent', 'causal_latent:latent_decay=multiscale', 'full:memory=64',
+            'mla:memory=64']
+
+
+def _documents(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  docs = [rng.integers(1, 256, n, dtype=np.uint8).tobytes() for n in lengths]
+  data = data_lib.join_documents(docs)
+  starts = np.cumsum([0] + [n + 1 for n in lengths[:-1]])
+  return docs, data_lib.Documents(data, np.stack([starts, lengths], 1), W)
+
+
+def _read(stream, steps):
+  return [next(stream) for _ in range(steps)]
+
+
+def test_each_row_reads_whole_documents_in_the_streams_order():
+  lengths = [3, 20, 8, 9, 17, 1, 30]
+  docs, source = _documents(lengths)
+  stream = data_lib.DocumentStream(source, global_batch=2, seed=5)
+  order = [stream.document(i) for i in range(2 * len(docs))]
+  assert sorted(order[:len(docs)]) == list(range(len(docs)))  # an epoch: each document once
+  assert order[len(docs):] != order[:len(docs)]                # reshuffled for the next
+  started, read = [], {0: [], 1: []}  # documents in the order rows start them; bytes per row
+  for batch in _read(stream, 25):
+    for r in range(2):
+      real = batch['weights'][r] > 0
+      assert not batch['weights'][r][real.sum():].any()  # real targets come first
+      if batch['start'][r]:
+        read[r].append(b'')
+      read[r][-1] += bytes(batch['targets'][r][real].astype(np.uint8).tolist())
+  for r in (0, 1):
+    for text in read[r][:-1]:  # every finished document: its bytes after the first, then 0
+      started.append(text)
+  # Each finished document is one of the stream's, whole; rows 0 and 1 began with its first two.
+  targets = [docs[d][1:] + b'\0' for d in order]
+  assert read[0][0] == targets[0] and read[1][0] == targets[1]
+  assert all(text in targets for text in started)
+  assert len(started) >= len(docs)
+
+
+def test_a_document_is_read_window_by_window_and_flagged_at_its_start():
+  _, source = _documents([20])
+  stream = data_lib.DocumentStream(source, global_batch=1, seed=0)
+  batches = _read(stream, 4)
+  assert [bool(b['start'][0]) for b in batches] == [True, False, False, True]
+  inputs = np.concatenate([b['inputs'][0] for b in batches[:3]])
+  np.testing.assert_array_equal(inputs[:20], source.data[:20])
+  assert [int(b['weights'][0].sum()) for b in batches[:3]] == [8, 8, 4]
+
+
+def test_the_stream_is_the_same_for_any_number_of_processes_and_resumes_exactly():
+  _, source = _documents([5, 30, 12, 7, 22, 9, 14, 3], seed=1)
+  whole = _read(data_lib.DocumentStream(source, 4, seed=3), 12)
+  halves = [_read(data_lib.DocumentStream(source, 4, seed=3, process_index=p, process_count=2), 12)
+            for p in (0, 1)]
+  for b, (h0, h1) in zip(whole, zip(*halves)):
+    for key in b:
+      np.testing.assert_array_equal(b[key], np.concatenate([h0[key], h1[key]]))
+  first = data_lib.DocumentStream(source, 4, seed=3)
+  _read(first, 5)
+  resumed = data_lib.DocumentStream(source, 4, seed=3, state=first.get_state())
+  for b, r in zip(whole[5:], _read(resumed, 7)):
+    for key in b:
+      np.testing.assert_array_equal(b[key], r[key])
+  with pytest.raises(ValueError, match="saved document stream has 4 rows, this run 8"):
+    data_lib.DocumentStream(source, 8, seed=3, state=first.get_state())
+
+
+def _model(kind):
+  kind, _, field = kind.partition(':')
+  extra = {k: (int(v) if v.isdigit() else v) for k, v in [field.split('=')]} if field else {}
+  cfg = model_lib.ModelConfig(attention=kind, num_latents=4, num_heads=2, chunk_size=C,
+                              emb_dim=16, mlp_dim=32, num_layers=2, **extra)
+  model = model_lib.build_model(cfg)
+  params = model.init(jax.random.key(1), jnp.zeros((1, W), jnp.int32))['params']
+  return cfg, model, params
+
+
+@pytest.mark.parametrize('kind', CARRYING)
+def test_windows_with_the_carried_state_equal_one_pass_over_the_document(kind):
+  """The training forward pass over a document's windows, each from the state the last
+  left, gives the logits of one causal pass over the whole document (and so of streaming
+  it through evaluation, tests/test_decode.py)."""
+  cfg, model, params = _model(kind)
+  tokens = jax.random.randint(jax.random.key(0), (2, 5 * W), 0, model_lib.VOCAB_SIZE)
+  expected = jax.jit(model.apply)({'params': params}, tokens)
+  carry = model_lib.fresh_carry(cfg, 2)
+  step = jax.jit(lambda p, x, c: model.apply({'params': p}, x, carry=c))
+  got = []
+  for start in range(0, tokens.shape[1], W):
+    logits, carry = step(params, tokens[:, start:start + W], carry)
+    got.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(got, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('kind', CARRYING)
+def test_a_fresh_state_gives_the_plain_window_bit_for_bit_and_reset_restores_it(kind):
+  cfg, model, params = _model(kind)
+  tokens = jax.random.randint(jax.random.key(2), (2, 2 * W), 0, model_lib.VOCAB_SIZE)
+  fresh = model_lib.fresh_carry(cfg, 2)
+  step = jax.jit(lambda p, x, c: model.apply({'params': p}, x, carry=c))
+  plain = jax.jit(model.apply)({'params': params}, tokens[:, W:])
+  _, carried = step(params, tokens[:, :W], fresh)
+  reset = model_lib.reset_carry(carried, fresh, jnp.array([True, False]))
+  for leaf, f in zip(jax.tree.leaves(reset), jax.tree.leaves(fresh)):
+    np.testing.assert_array_equal(leaf[0], f[0])  # the flagged row: the fresh state exactly
+  logits, _ = step(params, tokens[:, W:], reset)
+  np.testing.assert_allclose(logits[0], plain[0], atol=1e-5, rtol=1e-5)  # a fresh start
+  assert not np.allclose(logits[1], plain[1], atol=1e-3)  # the other row reads its past
+
+
+def test_full_attention_memory_equals_attention_over_the_memory_and_the_window():
+  """One layer with a memory of `mem` tokens: window w's outputs are those of plain causal
+  attention over the `mem` tokens before it and the window itself."""
+  mem, B, D = 6, 2, 16
+  layer = FullAttention(num_heads=2, impl='naive')
+  x = jax.random.normal(jax.random.key(0), (B, 4 * W, D))
+  params = layer.init(jax.random.key(1), x[:, :W])
+  cfg = model_lib.ModelConfig(attention='full', num_heads=2, emb_dim=D, memory=mem)
+  carry = fresh_memory(cfg, B, jnp.float32)
+  for start in range(0, x.shape[1], W):
+    y, carry = layer.apply(params, x[:, start:start + W], carry=carry)
+    lo = max(0, start - mem)
+    expected = layer.apply(params, x[:, lo:start + W])[:, start - lo:]
+    np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_every_kind_that_carries_says_so_in_the_registry():
+  carrying = {k for k in registry.names(causal=True) if registry.get(k).fresh_carry}
+  assert {'causal_latent', 'full', 'mla'} <= carrying
+
+
+def _doc_config(tmp_path, attention, **overrides):
+  """The tiny config on a folder of documents of varied lengths, carrying state."""
+  folder = tmp_path / 'docs'
+  if not folder.exists():
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    words = ['alpha', 'beta', 'gamma', 'delta', 'kappa', 'omega']
+    for i, n in enumerate([40, 900, 130, 400, 75, 260, 610, 55, 300, 180, 90, 500]):
+      (folder / f'doc{i:02d}.txt').write_text(' '.join(rng.choice(words, n)) + '\n')
+  extra = {'model.memory': 16} if attention != 'causal_latent' else {}
+  config = helpers.tiny_config(tmp_path, attention=attention, **{
+      'data.path': str(folder), 'carry_state': True, 'num_train_steps': 8,
+      'log_every_steps': 1, 'eval_every_steps': 8, 'checkpoint_every_steps': 4,
+      **extra, **overrides})
+  return config
+
+
+@pytest.mark.slow  # trains
+@pytest.mark.parametrize('attention', ['causal_latent', 'full'])
+def test_a_stop_in_the_middle_of_documents_resumes_to_the_same_params(tmp_path, attention,
+                                                                      monkeypatch):
+  config = _doc_config(tmp_path, attention)
+  whole = tmp_path / 'whole'
+  trainer.train_and_evaluate(config, str(whole))
+  next_batch = data_lib.DocumentStream.__next__
+
+  def preempting_next(self):
+    if self.position == 3:
+      signal.raise_signal(signal.SIGTERM)
+    return next_batch(self)
+
+  split = tmp_path / 'split'
+  monkeypatch.setattr(data_lib.DocumentStream, '__next__', preempting_next)
+  assert trainer.train_and_evaluate(config, str(split))['step'] == 4
+  monkeypatch.setattr(data_lib.DocumentStream, '__next__', next_batch)
+  assert trainer.train_and_evaluate(config, str(split))['step'] == 8
+  for a, b in zip(jax.tree.leaves(helpers.restored_params(whole, config)[0]),
+                  jax.tree.leaves(helpers.restored_params(split, config)[0])):
+    np.testing.assert_array_equal(a, b)
+  # The state at step 4 was saved and is what the resumed run read.
+  mngr = checkpoint.manager(str(split), config, read_only=True)
+  assert 'carry' in mngr.item_metadata(8)
+  mngr.close()
+  # A resume that would carry state of other shapes is refused in one line.
+  other = _doc_config(tmp_path, attention, per_device_batch_size=1, num_train_steps=12)
+  with pytest.raises(ValueError, match="saved with a global batch of 8"):
+    trainer.train_and_evaluate(other, str(split))
+  plain = _doc_config(tmp_path, attention, carry_state=False, num_train_steps=12)
+  with pytest.raises(ValueError, match="carry_state: saved True vs new False"):
+    trainer.train_and_evaluate(plain, str(split))
+
+
+@pytest.mark.slow  # trains
+@pytest.mark.parametrize('attention, meshes', [
+    ('causal_latent', [(2, 2, 1), (1, 1, 4), (2, 1, 2)]),
+    ('full', [(2, 2, 1), (2, 1, 2)])])
+def test_meshes_give_the_losses_of_one_device(tmp_path, attention, meshes):
+  def losses(mesh, per_device):
+    config = _doc_config(tmp_path, attention, per_device_batch_size=per_device,
+                         num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4)
+    config.mesh.update(data=mesh[0], fsdp=mesh[1], seq=mesh[2])
+    workdir = tmp_path / f'run_{"_".join(map(str, mesh))}'
+    trainer.train_and_evaluate(config, str(workdir))
+    return [m['train_loss'] for m in helpers.read_metrics(workdir) if 'train_loss' in m]
+
+  one = losses((4, 1, 1), 2)  # data parallel: global batch 8 (tests/test_scale.py: = one device)
+  for mesh in meshes:
+    np.testing.assert_allclose(losses(mesh, 8 * mesh[2] // 4), one, rtol=2e-5)
+
+
+def test_bad_carry_settings_are_one_line(tmp_path):
+  with pytest.raises(ValueError, match=r"config.model.memory=0: set memory"):
+    config_lib.validate_config(_doc_config(tmp_path, 'full', **{'model.memory': 0}))
+  with pytest.raises(ValueError, match="must be a multiple of config.model.chunk_size=8"):
+    config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', **{'data.seq_len': 36}))
+  with pytest.raises(ValueError, match="needs config.parallelism='jit'"):
+    config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', parallelism='pmap'))
