@@ -98,11 +98,15 @@ class CausalLatentAttention(_LatentSteps):
   @nn.compact
   def __call__(self, x_BND: jax.Array, mask_BN: jax.Array | None = None, *,
                deterministic: bool = True, decode: str | None = None,
-               cache_len: int | None = None) -> jax.Array:
+               cache_len: int | None = None, carry: dict | None = None):
     del cache_len  # the latent state does not grow with the length
     N = x_BND.shape[1]
     st = self._steps(x_BND.shape[2])
     x_BND = x_BND.astype(self.dtype)
+    if carry is not None:  # training past the window: (outputs, the next window's carry)
+      if decode is not None or mask_BN is not None or N % self.chunk_size:
+        raise ValueError("a carried state needs whole chunks, no decode mode and no mask.")
+      return self._carried(st, x_BND, carry, deterministic)
     if decode == 'step':
       if N != 1:
         raise ValueError(f"decode='step' takes one token at a time, got {N}.")
@@ -132,8 +136,11 @@ class CausalLatentAttention(_LatentSteps):
       half_life_M = MAX_HALF_LIFE_CHUNKS ** jnp.linspace(0.0, 1.0, shape[1])
       return jnp.broadcast_to(jnp.log(jnp.log(2.0) / half_life_M), shape).astype(dtype)
 
-    log_decay_HM = self.param('log_decay', init, (self.num_heads, self.num_latents),
-                              self.param_dtype)
+    if self.has_variable('params', 'log_decay'):  # a later step of the same call reads it
+      log_decay_HM = self.get_variable('params', 'log_decay')
+    else:
+      log_decay_HM = self.param('log_decay', init, (self.num_heads, self.num_latents),
+                                self.param_dtype)
     return jnp.exp(log_decay_HM.astype(jnp.float32))
 
   @nn.nowrap
@@ -251,6 +258,35 @@ class CausalLatentAttention(_LatentSteps):
     return y_BND, State(jnp.asarray(N, jnp.int32), q_HMd, m_BHM, l_BHM, o_BHMd, *latent_kv,
                         *_first_slots(k_rot_BHCd, v_loc_BKHCd[:, -1], rem))
 
+  @nn.nowrap
+  def _carried(self, st: dict, x_BND: jax.Array, carry: dict, deterministic: bool):
+    """The parallel pass after what the row read in earlier windows (config.carry_state):
+    `carry` holds that prefix's triple (seen from the end of chunk 0, as a State's) and the
+    expand keys/values of the last refined latents before chunk 0. Returns the outputs and
+    the same for the next window: the state of feeding the tokens one by one, at a chunk
+    boundary, without the token-level parts a State also keeps."""
+    B, N, D = x_BND.shape
+    C, M = self.chunk_size, self.num_latents
+    K = N // C
+    shards = sharding.axis_size('seq')
+    x_BKCD = sharding.constrain(x_BND.reshape(B, K, C, D), sharding.BATCH, 'seq')
+    s_BKMD, triples, _ = self._compress(st, x_BKCD, None, deterministic, shards=shards,
+                                        before=(carry['m'], carry['l'], carry['o']))
+    r_BKMD = self._refine(st, s_BKMD.reshape(B * K, M, D), deterministic).reshape(B, K, M, D)
+    k_lat, v_lat = self._latent_kv(st, previous_chunk(r_BKMD, shards))
+    k_lat = k_lat.at[:, 0].set(carry['latent_k'].astype(k_lat.dtype))
+    v_lat = v_lat.at[:, 0].set(carry['latent_v'].astype(v_lat.dtype))
+    has_past_BK = jnp.concatenate([carry['seen'][:, None], jnp.ones((B, K - 1), bool)], axis=1)
+    y_BKCD, _, _ = self._expand(st, x_BKCD, (k_lat, v_lat), None, has_past_K=has_past_BK)
+    y_BND = x_BND + st['drop'](y_BKCD.reshape(B, N, D), deterministic=deterministic)
+    m_BHM, l_BHM, o_BHMd = (x[:, -1] for x in triples)
+    if self.latent_decay != 'none':  # seen from the end of the next window's chunk 0
+      decay_HM = jnp.exp(self.get_variable('params', 'log_decay').astype(jnp.float32))
+      m_BHM = seen_later(m_BHM, decay_HM, 1.0)
+    latent_k, latent_v = self._latent_kv(st, r_BKMD[:, -1])
+    return y_BND, {'m': m_BHM, 'l': l_BHM, 'o': o_BHMd, 'latent_k': latent_k,
+                   'latent_v': latent_v, 'seen': jnp.ones((B,), bool)}
+
   # ------------------------------------------------------------- decoding paths --
   @nn.nowrap
   def _read_state(self) -> State:
@@ -359,3 +395,16 @@ class CausalLatentAttention(_LatentSteps):
     return state._replace(m=m_BHM, latent_k=latent_k, latent_v=latent_v,
                           chunk_k=jnp.zeros_like(state.chunk_k),
                           chunk_v=jnp.zeros_like(state.chunk_v))
+
+
+def fresh_state(cfg, batch: int, dtype) -> dict:
+  """What a row carries into a document's first window (config.carry_state): an empty
+  prefix triple and no previous latents (CausalLatentAttention._carried)."""
+  H, M = cfg.num_heads, cfg.num_latents
+  d = cfg.emb_dim // H
+  return {'m': jnp.full((batch, H, M), NEG_INF, jnp.float32),
+          'l': jnp.zeros((batch, H, M), jnp.float32),
+          'o': jnp.zeros((batch, H, M, d), jnp.float32),
+          'latent_k': jnp.zeros((batch, H, M, d), dtype),
+          'latent_v': jnp.zeros((batch, H, M, d), dtype),
+          'seen': jnp.zeros((batch,), bool)}
