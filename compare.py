@@ -1,6 +1,8 @@
-"""Compare training runs: a table and eval-metric curves against steps and wall-clock.
+"""Compare training runs: a table and eval-metric curves against steps, tokens seen and
+wall-clock, each run labelled by its parameter count and the settings that differ.
 
-    python compare.py --workdir=runs/listops_m64 --workdir=runs/listops_full --out=docs/results/listops
+    python compare.py --workdir=runs/listops_m64 --workdir=runs/listops_full \
+        --out=docs/results/listops
 
 Reads each workdir's config.json, metrics.jsonl and eval.py's eval_test_step_S.json
 (run `python eval.py --workdir=W --split=test` first for a test column).
@@ -20,7 +22,7 @@ flags.mark_flags_as_required(["workdir", "out"])
 def main(argv):
   del argv
   rows = [report_lib.summarize(w) for w in _WORKDIRS.value]
-  paths = report_lib.write(rows, _OUT.value, _TITLE.value)
+  paths = report_lib.write_comparison(rows, _OUT.value, _TITLE.value)
   print(open(paths[0]).read().split('\n![')[0])
   print(f"wrote {', '.join(paths)}")
 

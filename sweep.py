@@ -14,7 +14,7 @@ import sys
 from absl import flags
 
 from latent_flax.system import cli
-from latent_flax.experiments import launch, sweep as sweep_lib
+from latent_flax.experiments import launch, report as report_lib, sweep as sweep_lib
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep module (BASE, COMMON, get_sweep()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
@@ -85,12 +85,12 @@ def main(argv):
   elif not _REPORT.value:
     finished = sweep_lib.run_sweep(sweep, _WORKDIR.value)
   report = {**sweep.report, 'lines': _REPORT_LINES.value or sweep.report['lines']}
-  rows = sweep_lib.collect(_WORKDIR.value, report['lines'])
+  rows = report_lib.collect(_WORKDIR.value, report['lines'])
   if not rows:
     raise ValueError(f"{_WORKDIR.value} holds no runs yet (with {report['lines']!r}); "
                      "run the sweep first.")
-  paths = sweep_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
-                                 title=f"Sweep {_SWEEP.value}", report=report)
+  paths = report_lib.write_report(rows, _REPORT_DIR.value or _WORKDIR.value,
+                                  title=f"Sweep {_SWEEP.value}", report=report)
   print(open(paths[0]).read().split('\n![')[0])
   print(f"wrote {', '.join(paths)}")
   if not finished:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from configs import base
+from latent_flax import config_lib
 
 
 def tiny_config(tmp_path, attention='causal_latent', **overrides):
@@ -29,11 +30,7 @@ def tiny_config(tmp_path, attention='causal_latent', **overrides):
                 log_every_steps=2, eval_every_steps=3, num_eval_steps=2,
                 checkpoint_every_steps=3, keep_checkpoints=2)
   for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
+    config_lib.set_field(config, key, value)
   return config
 
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
-from latent_flax.experiments import report as report_lib, sweep as sweep_lib
+from latent_flax.experiments import report as report_lib
 from latent_flax.evaluation import runs
 from latent_flax import tasks, trainer
 from latent_flax.attention import registry
@@ -41,6 +41,7 @@ def prefix_mean_kind():
   registry.unregister(kind.name)
 
 
+@pytest.mark.slow  # trains
 def test_a_kind_registered_in_a_test_trains_evaluates_and_is_reported(tmp_path,
                                                                       prefix_mean_kind):
   sweep_dir = tmp_path / 'sweep'
@@ -57,10 +58,10 @@ def test_a_kind_registered_in_a_test_trains_evaluates_and_is_reported(tmp_path,
   with pytest.raises(ValueError, match="'prefix_mean' cannot decode token by token"):
     runs.sample_from_checkpoint(workdir, 'alpha', 4)
 
-  rows = sweep_lib.collect(str(sweep_dir))
+  rows = report_lib.collect(str(sweep_dir))
   assert [(r['run'], r['label'], r['num_latents']) for r in rows] == [
       ('attn=prefix_mean', 'prefix_mean', '')]
-  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'))
+  paths = report_lib.write_report(rows, str(tmp_path / 'report'))
   assert '| prefix_mean |' in open(paths[0]).read()
   summary = report_lib.summarize(workdir)
   assert summary['label'] == 'prefix_mean' and summary['eval'] == pytest.approx(

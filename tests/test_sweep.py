@@ -8,9 +8,13 @@ import re
 import signal
 import time
 
+import matplotlib.text
 import pytest
 
-from latent_flax.experiments import sweep as sweep_lib
+from configs import base
+from latent_flax import config_lib
+from latent_flax.experiments import report as report_lib, sweep as sweep_lib
+from latent_flax.system import io_utils
 from tests.helpers import Child, write_config_module
 
 
@@ -19,6 +23,7 @@ def _last_eval(run_dir):
     return [json.loads(l) for l in f if 'eval_bits_per_byte' in l][-1]['eval_bits_per_byte']
 
 
+@pytest.mark.slow  # runs sweep.py in child processes
 def test_two_point_sweep_runs_resumes_after_interruption_and_reports(tmp_path):
   config_path = write_config_module(tmp_path, num_train_steps=8, log_every_steps=1,
                                     checkpoint_every_steps=2, eval_every_steps=4)
@@ -39,7 +44,7 @@ def test_two_point_sweep_runs_resumes_after_interruption_and_reports(tmp_path):
   finally:
     child.kill()
   assert any('sweep stopped at point 1/2' in l for l in child.lines), child.lines[-10:]
-  assert (first / 'checkpoints').is_dir() and not sweep_lib.is_done(str(first))
+  assert (first / 'checkpoints').is_dir() and not report_lib.is_done(str(first))
   assert not second.exists()
 
   child = Child(argv)
@@ -47,7 +52,7 @@ def test_two_point_sweep_runs_resumes_after_interruption_and_reports(tmp_path):
   out = '\n'.join(child.lines)
   assert '[1/2] m=2: resuming' in out and 'Resuming from checkpoint step' in out
   assert '[2/2] m=4: starting' in out
-  assert sweep_lib.is_done(str(first)) and sweep_lib.is_done(str(second))
+  assert report_lib.is_done(str(first)) and report_lib.is_done(str(second))
 
   child = Child(argv)  # everything finished: both skipped, the report rewritten
   assert child.finish() == 0
@@ -66,6 +71,7 @@ def test_two_point_sweep_runs_resumes_after_interruption_and_reports(tmp_path):
   assert (workdir / 'report.md').read_text().count('| causal_latent |') == 2
 
 
+@pytest.mark.slow  # runs sweep.py in child processes
 def test_printed_commands_parse_back_into_the_sweep_points(tmp_path):
   child = Child(['sweep.py', '--sweep=configs/sweeps/m_heads.py', f'--workdir={tmp_path}',
                  '--print_commands'])
@@ -108,16 +114,16 @@ def test_accuracy_report_draws_one_line_per_pair_count(tmp_path):
     (run / 'summary.json').write_text('{}')
   sweep = sweep_lib.load_sweep('configs/sweeps/mqar.py:cpu')
   assert sweep.report == {'metric': 'eval_accuracy', 'lines': 'recall_by_pairs'}
-  rows = sweep_lib.collect(str(tmp_path), sweep.report['lines'])
+  rows = report_lib.collect(str(tmp_path), sweep.report['lines'])
   got = {(r['attention'], r['num_latents'] or 64, r['line']): r['eval_accuracy'] for r in rows}
   assert got == {(a, m, int(p)): acc for (a, m), d in runs.items() for p, acc in d.items()}
-  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'), report=sweep.report)
+  paths = report_lib.write_report(rows, str(tmp_path / 'report'), report=sweep.report)
   assert os.path.basename(paths[2]) == 'accuracy_vs_m.png' and os.path.getsize(paths[2]) > 1000
   table = open(paths[0]).read()
   assert '| pairs |' in table and '| eval accuracy |' in table
   assert table.count('| causal_latent |') == 4 and '| 0.7000 |' in table
   # Runs without the across-chunk recall give no rows for it.
-  assert sweep_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs') == []
+  assert report_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs') == []
 
 
 def test_across_chunk_recall_is_reported_per_pair_count(tmp_path):
@@ -129,10 +135,10 @@ def test_across_chunk_recall_is_reported_per_pair_count(tmp_path):
             'eval_recall_across_chunks_by_pairs': {'8': a / 2}, 'train_loss': 0.5,
             'tokens_per_sec': 100.0} for s, a in ((10, 0.2), (20, 0.8))]
   (run / 'metrics.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in evals))
-  rows = sweep_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs')
+  rows = report_lib.collect(str(tmp_path), 'recall_across_chunks_by_pairs')
   assert [(r['line'], r['eval_accuracy']) for r in rows] == [(8, 0.4)]
   assert rows[0]['curves']['eval_accuracy'] == [(10, 0.1), (20, 0.4)]
-  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'), title='Sweep x', report={
+  paths = report_lib.write_report(rows, str(tmp_path / 'report'), title='Sweep x', report={
       'metric': 'eval_accuracy', 'lines': 'recall_across_chunks_by_pairs'})
   assert open(paths[0]).read().startswith('# Sweep x: recall of the answers across chunks\n')
 
@@ -153,13 +159,13 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
          'eval_accuracy': a, 'eval_recall_by_pairs': {'8': a}, 'elapsed_s': 5.0}) + '\n'
         for step, a in evals))
     (run / 'summary.json').write_text('{}')
-  rows = sweep_lib.collect(str(tmp_path), 'recall_by_pairs')
+  rows = report_lib.collect(str(tmp_path), 'recall_by_pairs')
   assert [(r['num_latents'], r['seed']) for r in rows] == [(4, 0), (4, 1), (4, 2), (16, 0)]
-  merged = {g['num_latents']: g for g in sweep_lib.over_seeds(rows, 'eval_accuracy')}
+  merged = {g['num_latents']: g for g in report_lib.over_seeds(rows, 'eval_accuracy')}
   assert merged[4]['values'] == [0.12, 0.72, 0.5] and merged[4]['seeds'] == [0, 1, 2]
   assert (merged[4]['best'], merged[4]['median'], merged[16]['best']) == (0.72, 0.5, 0.99)
-  assert sweep_lib._better('eval_bits_per_byte') is min  # lower bits per byte is better
-  paths = sweep_lib.write_report(rows, str(tmp_path / 'report'),
+  assert report_lib._better('eval_bits_per_byte') is min  # lower bits per byte is better
+  paths = report_lib.write_report(rows, str(tmp_path / 'report'),
                                  report={'metric': 'eval_accuracy', 'lines': 'recall_by_pairs'})
   table = open(paths[0]).read()
   assert '| seed |' in table
@@ -172,9 +178,9 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
 
 
 def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
-  """compare.py's table: last and best periodic eval, eval.py's test result, examples seen."""
+  """compare.py's table: last and best periodic eval, eval.py's test result, examples and
+  tokens seen, parameters; curves against steps, tokens seen and wall-clock."""
   from configs import listops_full, listops_m64
-  from latent_flax.experiments import report as report_lib
   runs = {'latent': (listops_m64, [0.2, 0.38, 0.37], 0.365),
           'full': (listops_full, [0.18, 0.21, 0.19], None)}
   for name, (module, evals, test) in runs.items():
@@ -198,16 +204,115 @@ def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
       0.37, 0.38, 0.365, 300)
   assert full['test'] is None and full['best_eval'] == 0.21 and full['examples'] == 300 * 16
   assert latent['examples'] == 300 * 8 and latent['wall_s'] == 600.0  # 8 = 8000 / 0.5 / 2000
-  assert [p[2] for p in latent['curve']] == [0.2, 0.38, 0.37]
-  paths = report_lib.write(rows, str(tmp_path / 'out'), 'ListOps')
+  assert [v for _, v in latent['curves']['eval_accuracy']] == [0.2, 0.38, 0.37]
+  assert (latent['tokens'], full['tokens']) == (300 * 8 * 2000, 300 * 16 * 2000)
+  assert latent['num_params'] > full['num_params'] > 0  # the latent one has its latents
+  paths = report_lib.write_comparison(rows, str(tmp_path / 'out'), 'ListOps')
   table = open(paths[0]).read()
-  row = ('| latent | latent | 64 | 4 | 300 of 800 | 2,400 | 0.3700 | 0.3800 '
-         '| 0.3650 (step 300) |')
+  row = (f"| latent | latent | 64 | 4 | {latent['num_params']:,} | 300 of 800 | 2,400 | "
+         "4,800,000 | 0.3700 | 0.3800 | 0.3650 (step 300) |")
   assert row in table, table
+  assert '| params |' in table and f"| {full['num_params']:,} |" in table
+  assert [os.path.basename(p) for p in paths[1:]] == [
+      'accuracy_vs_step.png', 'accuracy_vs_tokens.png', 'accuracy_vs_time.png']
   assert all(os.path.getsize(p) > 1000 for p in paths[1:])
   with pytest.raises(ValueError, match='has no config.json'):
     report_lib.summarize(str(tmp_path / 'out'))
 
+
+def _lm_run(path, overrides: dict, records: list[dict]):
+  """A workdir as train.py leaves it: base config with `overrides` and these records."""
+  config = base.get_config()
+  for key, value in overrides.items():
+    config_lib.set_field(config, key, value)
+  path.mkdir()
+  (path / 'config.json').write_text(config.to_json())
+  (path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  return config
+
+
+def test_compare_names_what_differs_and_counts_tokens_across_a_batch_change(tmp_path,
+                                                                            monkeypatch):
+  """Legends name every field that differs (heads, sequence length, the kind's own), never
+  where files went; tokens seen follow the batch each segment of a run logged."""
+  evals = lambda *steps: [{'step': s, 'eval_loss': 1.0, 'eval_bits_per_byte': 3.0 - s / 100,
+                           'eval_accuracy': 0.3, 'elapsed_s': 6.0 * s} for s in steps]
+  log = lambda step, batch: {'step': step, 'train_loss': 2.0, 'steps_per_sec': 1.0,
+                             'tokens_per_sec': 512.0 * batch, 'global_batch': batch}
+  runs = {
+      'a': {'model.num_heads': 4},
+      'b': {'model.num_heads': 8, 'log_every_steps': 5, 'data.cache_dir': '/elsewhere'},
+      'c': {'model.attention': 'full', 'data.seq_len': 1024},
+      'd': {'model.num_latents': 16, 'learning_rate': 1e-3},
+  }
+  configs = []
+  for name, overrides in runs.items():
+    batch_after = 16 if name == 'b' else 8  # b resumed on twice the devices at step 10
+    configs.append(_lm_run(tmp_path / name, overrides,
+                           [log(10, 8)] + evals(10) + [log(20, batch_after)] + evals(20)))
+  assert report_lib.differing_fields(configs) == [
+      'model.num_heads', 'data.seq_len', 'learning_rate']
+  assert report_lib.run_labels(configs) == [
+      'causal_latent M=64 C=128, heads=4 seq_len=512 lr=0.003',
+      'causal_latent M=64 C=128, heads=8 seq_len=512 lr=0.003',
+      'full, heads=4 seq_len=1024 lr=0.003',
+      'causal_latent M=16 C=128, heads=4 seq_len=512 lr=0.001']
+  rows = [report_lib.summarize(str(tmp_path / n)) for n in runs]
+  assert rows[1]['tokens'] == (10 * 8 + 10 * 16) * 512 and rows[0]['tokens'] == 20 * 8 * 512
+  assert rows[2]['tokens'] == 20 * 8 * 1024
+  assert rows[1]['clock'][10] == {'examples': 80, 'tokens': 80 * 512, 'elapsed_s': 60.0}
+  paths = report_lib.write_comparison(rows, str(tmp_path / 'out'), 'LM runs')
+  table = open(paths[0]).read()
+  for r, label in zip(rows, report_lib.run_labels(configs)):
+    assert f"| {r['num_params']:,} |" in table and table.count(f'| {label} |') == 1, table
+  # Heads change no parameter; M changes the count by the latents (4 layers of M x 128).
+  assert rows[0]['num_params'] == rows[1]['num_params'] > rows[2]['num_params']
+  assert rows[0]['num_params'] - rows[3]['num_params'] == 4 * (64 - 16) * 128
+
+  # The same runs as a sweep drawn by heads: one legend for all panels names every run once,
+  # by what differs besides the panels' field.
+  figures = {}
+  monkeypatch.setattr(report_lib, '_save', lambda fig, path: figures.setdefault(
+      os.path.basename(path), fig))
+  report_lib.write_report(report_lib.collect(str(tmp_path)), str(tmp_path / 'sweep'))
+  legend, = figures['bpb_vs_step.png'].legends
+  params = [report_lib.params_text(r['num_params']) for r in rows]
+  assert [t.get_text() for t in legend.get_texts()] == [
+      f'causal_latent M=16 C=128, seq_len=512 lr=0.001 ({params[3]} params)',
+      f'causal_latent M=64 C=128, seq_len=512 lr=0.003 ({params[0]} params)',
+      f'full, seq_len=1024 lr=0.003 ({params[2]} params)']
+  levels = [t.get_text() for t in figures['bpb_vs_m.png'].axes[0].get_legend().get_texts()]
+  assert f'full, num_heads=4, {params[2]} params' in levels
+  for fig in figures.values():
+    io_utils.pyplot().close(fig)
+
+
+def test_a_long_plot_title_is_wrapped_inside_the_figure():
+  title = ('Sweep configs/sweeps/context_gain.py:stdlib_long_time: recall of the answers '
+           'whose key-value pair lies in an earlier chunk, by pairs in the test set')
+  fig, _ = report_lib.figure(title)
+  fig.canvas.draw()
+  shown, = [t for t in fig.findobj(matplotlib.text.Text)
+            if t.get_text().replace('\n', ' ') == title]
+  box = shown.get_window_extent()
+  assert '\n' in shown.get_text() and 0 <= box.x0 and box.x1 <= fig.bbox.x1
+
+
+def test_config_fields_by_dotted_path():
+  config = base.get_config()
+  config_lib.set_field(config, 'model.num_heads', 8)
+  assert config.model.num_heads == 8 == config_lib.get_field(config, 'model.num_heads')
+  assert config_lib.get_field(config, 'mesh.seq') == 1 and config_lib.get_field(config, 'seed') == 0
+  assert config_lib.get_field(config, 'model.no_such_field', None) is None
+  for bad in ('model.no_such_field', 'no_such_section.num_heads', 'seed.x'):
+    with pytest.raises(ValueError, match=f"^'{bad}' is not a config field"):
+      config_lib.set_field(config, bad, 1)
+    with pytest.raises(ValueError, match=f"^'{bad}' is not a config field"):
+      config_lib.get_field(config, bad)
+  with pytest.raises(ValueError, match=r"^model.num_heads='x' does not fit the field's type"):
+    config_lib.set_field(config, 'model.num_heads', 'x')
+  flat = config_lib.flat_fields(config)
+  assert flat['data.seq_len'] == 512 and flat['model.num_heads'] == 8 and 'model' not in flat
 
 def _shipped_sweeps():
   """Every sweep module in configs/sweeps/, once per preset where it has presets."""
@@ -251,6 +356,7 @@ def test_an_invalid_point_stops_the_sweep_before_anything_runs(tmp_path):
     sweep_lib.load_sweep('configs/sweeps/mqar.py:nope')
 
 
+@pytest.mark.slow  # runs sweep.py in child processes
 def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_path):
   config_path = write_config_module(tmp_path, num_train_steps=4, log_every_steps=2,
                                     checkpoint_every_steps=2, eval_every_steps=4)
@@ -264,7 +370,7 @@ def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_
   assert child.finish() == 0, child.lines[-20:]
   out = '\n'.join(child.lines)
   assert '[1/2] m=2: submitted as job' in out and '[2/2] m=4: submitted as job' in out
-  assert sweep_lib.is_done(str(workdir / 'm=2')) and sweep_lib.is_done(str(workdir / 'm=4'))
+  assert all(report_lib.is_done(str(workdir / name)) for name in ('m=2', 'm=4'))
   assert (workdir / 'report.csv').exists()
 
   # Preempted (submitit's signal, as Slurm sends it): train.py saves its step, the task

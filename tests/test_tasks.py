@@ -7,10 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import listops_baselines, mqar_slots
 from configs import listops_m64, mqar as mqar_config
 from latent_flax import config_lib, tasks, trainer
-from latent_flax.evaluation import runs
+from latent_flax.evaluation import probes, runs
 from latent_flax.tasks import listops, mqar
 from latent_flax import model as model_lib
 
@@ -82,7 +81,7 @@ def test_slot_statistics_find_held_pairs_and_content_preferences():
   attn[:, 0, 0] = 0.0
   winner = values.argmax(1)
   attn[np.arange(B), 0, 0, 2 * winner + 1] = 1.0  # all of slot 0 on the winner's value
-  stats = mqar_slots.slot_statistics(attn, keys, values, 8)
+  stats = probes.slot_statistics(attn, keys, values, 8)
   expected_held = np.zeros((B, P), bool)
   expected_held[np.arange(B), winner] = True  # slot 1 gives each pair 2/8 < HOLD
   np.testing.assert_array_equal(stats['held_BP'], expected_held)
@@ -211,8 +210,7 @@ def test_listops_tfds_builder_pads_and_masks(tmp_path):
 def test_listops_bad_config_is_one_line(tmp_path, overrides, message):
   config = _tiny_listops(tmp_path)
   for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
+    config_lib.set_field(config, key, value)
   with pytest.raises(ValueError) as err:
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert message in str(err.value) and '\n' not in str(err.value)
@@ -302,6 +300,7 @@ def _accuracy_by_hand(model, params, examples):
   return right.sum() / batch['weights'].sum()
 
 
+@pytest.mark.slow  # trains
 def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   config = _tiny_listops(tmp_path)
   workdir = str(tmp_path / 'run')
@@ -319,20 +318,21 @@ def test_listops_trains_and_evaluates_with_the_same_loop(tmp_path):
   expected = _accuracy_by_hand(model, restored.state.params,
                                tasks.load(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))
-  # benchmarks/listops_baselines.py's predictions of the checkpoint give the same accuracy.
+  # The probe's predictions of the checkpoint give the same accuracy.
   test = listops.load(config.data, 'test')
-  predicted, step = listops_baselines.model_predictions(workdir, test['inputs'], test['mask'],
-                                                        batch=8)
+  predicted, step = probes.classifier_predictions(workdir, test['inputs'], test['mask'],
+                                                  batch=8)
   assert step == 4 and np.mean(predicted == test['targets']) == pytest.approx(result['accuracy'])
   # generate.py on a classifier's workdir says so, in one line, before reading anything.
   with pytest.raises(ValueError, match="holds a classify model of data set 'listops', not a "
                                        "language model"):
     runs.sample_from_checkpoint(workdir, '[MAX', 4)
-  rule = listops_baselines.rule_predictions(np.array([11, 11, 12, 12, 12]),
-                                            np.array([3, 3, 5, 1, 1]), np.array([12, 11]), 10)
+  rule = listops.rule_predictions(np.array([11, 11, 12, 12, 12]),
+                                  np.array([3, 3, 5, 1, 1]), np.array([12, 11]), 10)
   np.testing.assert_array_equal(rule, [1, 3])
 
 
+@pytest.mark.slow  # trains
 def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
   config = mqar_config.get_config('m=4,pairs=4,seq_len=32,dim=16,heads=2,chunk=8,layers=1')
   config.data.update(num_train_examples=64, num_test_examples=20, train_pairs_mix='2,4',
@@ -358,9 +358,9 @@ def test_mqar_recall_accuracy_counts_only_answers(tmp_path):
                                tasks.load(config.data, 'test'))
   assert result['accuracy'] == pytest.approx(float(expected))
   # The slot analysis reads the same checkpoint and test set: same recall.
-  saved, pairs = mqar_slots.check(workdir, None)
-  slots = mqar_slots.analyse(workdir, saved, pairs, 20)
+  saved, pairs = probes.check_mqar_slots(workdir, None)
+  slots = probes.mqar_slots(workdir, saved, pairs, 20)
   assert slots['recall'] == pytest.approx(result['accuracy'])
   assert len(slots['layers']) == 1 and 0.0 <= slots['any_layer']['pairs_held'] <= 1.0
   with pytest.raises(ValueError, match='--pairs=5 needs 10 tokens'):
-    mqar_slots.check(workdir, 5)
+    probes.check_mqar_slots(workdir, 5)
