@@ -8,16 +8,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/m64
 # glibc's malloc asks for transparent huge pages (Linux THP in `madvise` mode): XLA
-# on CPU otherwise takes a 4 KiB page fault on every fresh page of its large buffers;
-# with it the N=65,536 layer ran 17% faster (README, Benchmarks). Ignored elsewhere.
+# on CPU otherwise takes a 4 KiB page fault on every fresh page of its large buffers
+# (measured in docs/notes/2026-11-23-page-faults-and-rotary.md). Ignored elsewhere.
 export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # Test files run in parallel (pytest-xdist, a file's tests stay together), one worker
-# per core up to 4: on 2 cores the suite (218 tests, Python 3.12) took 9 min 50 s to
-# 10 min 20 s on 2026-12-02. tests/conftest.py sets the 4 fake CPU devices and the
-# compile flags.
+# per core up to 4; tests/conftest.py sets the 4 fake CPU devices and the compile flags.
+# `make test` is the full suite (what CI runs, .ci/run); `make test-fast` leaves out the
+# tests marked slow (pytest.ini: training runs, child processes, over ~5 s of CPU; the
+# run names any unmarked test over that). test-fast took 83 s on 2 shared cores on
+# 2026-12-06; each prints its wall time last, and --durations=0 lists every test's.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
-.PHONY: setup lock train eval test bench peers peers-venv
+.PHONY: setup lock train eval test test-fast bench peers peers-venv wheels
 
 # requirements.lock pins every distribution of the tested environment; `make lock`
 # rebuilds it from requirements.txt (the direct dependencies).
@@ -48,8 +50,13 @@ eval: setup
 test: setup
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-bench: setup
-	$(PY) benchmarks/attention_scaling.py
+test-fast: setup
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+
+# The peer table: our LM train step and attention layer against a plain PyTorch GPT
+# (SDPA) on this machine, paired rounds (benchmarks/peers.py, docs/benchmarks.md).
+bench: setup peers-venv
+	$(PY) benchmarks/peers.py
 
 # The PyTorch reference of benchmarks/peers.py lives in its own venv (CPU wheel, local
 # file); torch is never a dependency of the project or its tests.
@@ -61,3 +68,16 @@ peers-venv: .venv-torch/.installed
 
 peers: setup peers-venv
 	$(PY) benchmarks/peers.py
+
+# The pure-Python wheels the GPU machine lacks (benchmarks/accelerator_check.py imports
+# nothing else it does not have), at requirements.lock's versions, into .whl/ (ignored;
+# carried with the working tree): docs/benchmarks.md, "Accelerator check".
+DEVICE_WHEELS ?= ml_collections
+wheels: setup
+	rm -rf .whl && mkdir .whl
+	for name in $(DEVICE_WHEELS); do \
+	  pin=$$(grep -i "^$$name==" requirements.lock) || { echo "make: $$name is not in requirements.lock"; exit 1; }; \
+	  $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl "$$pin" || exit 1; \
+	done
+	@if ls .whl | grep -v -- '-none-any\.whl$$'; then echo "make: not pure Python (above)"; exit 1; fi
+	@du -sh .whl

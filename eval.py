@@ -2,8 +2,15 @@
 
     python eval.py --workdir=/tmp/lf_m64 [--step=600|best] [--num_eval_steps=0]
     python eval.py --workdir=/tmp/lf_m64 --seq_len=4096 --windows=documents --stream_segment=512
-    python eval.py --workdir=/tmp/lf_m64 --config=configs/m64.py --config.data.name=text_files ...
+    python eval.py --workdir=/tmp/lf_m64 --config.data.name=stdlib_long --num_eval_steps=0
+
+The run's config.json is the config; `--config.<field>=<value>` overrides a field of it
+(or of `--config=FILE` when one is given). Fields that only change how the evaluation runs
+or what it reads may differ from the run's; a model field is refused in one line.
 """
+
+import os
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -11,7 +18,8 @@ from ml_collections import config_flags
 from latent_flax.system import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Optional config (default: the workdir's config.json).", lock_config=True)
+    "config", None, "Optional config (default: the workdir's config.json; "
+    "--config.<field>=<value> overrides either).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints.")
 _STEP = flags.DEFINE_string("step", None,
                             "Checkpoint step: a number, 'latest' (default) or 'best' (the best "
@@ -33,24 +41,56 @@ _STREAM_SEGMENT = flags.DEFINE_integer(
 flags.mark_flag_as_required("workdir")
 
 
+# --config.<field>=<value> given without --config=FILE: taken out of the command line
+# before absl reads it (absl knows such flags only with a config file) and applied on
+# top of the workdir's config.json.
+_OVERRIDES: list[tuple[str, str]] = []
+
+
+def _take_overrides(argv: list[str]) -> list[str]:
+  if any(a == '--config' or a.startswith('--config=') for a in argv):
+    return argv
+  rest = []
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      rest.append(arg)
+      continue
+    field, sep, value = arg[len('--config.'):].partition('=')
+    if not sep:
+      cli.fail(f"{arg}: give the value as --config.{field}=VALUE.")
+    _OVERRIDES.append((field, value))
+  return rest
+
+
 def main(argv):
   del argv
   from latent_flax.evaluation import runs
   from latent_flax.system import io_utils
   from latent_flax import tasks  # jax and the rest: not needed for --help
   config = cli.config_value(_CONFIG) if _CONFIG.value is not None else None
+  if _OVERRIDES:
+    config = runs.with_overrides(runs.workdir_config(_WORKDIR.value), _OVERRIDES)
   r = runs.evaluate_checkpoint(_WORKDIR.value, _STEP.value, config,
                                    _NUM_EVAL_STEPS.value, _SPLIT.value, write=False,
                                    seq_len=_SEQ_LEN.value, windows=_WINDOWS.value,
                                    stream_segment=_STREAM_SEGMENT.value)
-  print('\n'.join(tasks.get(r['dataset']).describe(r)))
+  task = tasks.get(r['dataset'])
+  print('\n'.join(task.describe(r)))
+  print(f"  {runs.over(r['tokens'], r['split_tokens'], task.target_unit)} of the {r['split']} "
+        f"split: {r['evaluated_windows']:,} of its {r['split_windows']:,} windows"
+        + ('' if r['evaluated_windows'] == r['split_windows'] else
+           f" (--num_eval_steps={r['num_eval_steps']} batches of {r['global_batch']}; "
+           "0 evaluates all)"))
+  replaced = os.path.exists(r['path'])
   try:
     io_utils.write_json(r['path'], {k: v for k, v in r.items() if k != 'path'})
   except OSError as e:  # a read-only workdir: the result above is all there is
     cli.fail(f"the result above was not saved: {cli.describe(e)}", code=1)
   png = runs.plot_by_context(r, r['path'][:-len('.json')] + '.png')
-  print(f"wrote {r['path']}" + (f" and {png}" if png else ''))
+  print(f"wrote {r['path']}" + (f" and {png}" if png else '')
+        + (" (replacing the earlier result of the same evaluation)" if replaced else ''))
 
 
 if __name__ == "__main__":
+  sys.argv = _take_overrides(sys.argv)
   cli.run(main)

@@ -31,14 +31,17 @@ import json
 import os
 import time
 
-
+from benchmarks import harness
 from latent_flax import config_lib
+from latent_flax.attention import registry
 from latent_flax.evaluation import runs
-from latent_flax.system import io_utils  # noqa: E402
-from latent_flax.attention import registry  # noqa: E402
 
 
-def runs(workdir: str) -> list[str]:
+def run_names(workdir: str) -> list[str]:
+  """The runs under a sweep's workdir (the folders with a config.json)."""
+  if not os.path.isdir(workdir):
+    raise SystemExit(f"context_use.py: --workdir={workdir!r} does not exist; give the sweep's "
+                     "workdir (the folder holding its runs).")
   return sorted(d for d in os.listdir(workdir)
                 if os.path.exists(os.path.join(workdir, d, 'config.json')))
 
@@ -54,7 +57,7 @@ def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents'
           'length': length, 'stream_segment': stream, 'documents': r['tokens'] // length,
           'windows': windows,
           'bits_per_byte': r['bits_per_byte'], 'bits_by_context': r['bits_by_context'],
-          'seconds': time.perf_counter() - t0, 'peak_rss_mb': io_utils.peak_rss_mb(),
+          'seconds': time.perf_counter() - t0, 'peak_rss_mb': harness.peak_rss_mb(),
           'step': r['step']}
 
 
@@ -75,8 +78,8 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
   params = checkpoint.restore_workdir(run_dir, config, model, None, params_only=True).params
   data_config = runs.evaluation_config(config, seq_len=length, windows=windows).data
   source = tasks.get(data_config.name).load(data_config, 'validation')
-  windows = source.get(np.arange(source.num_windows))
-  docs = np.concatenate([windows['inputs'], windows['targets'][:, -1:]], axis=1)
+  batch = source.get(np.arange(source.num_windows))
+  docs = np.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
   loss_by_pos, t0 = np.zeros(length), time.perf_counter()
   for doc in docs:
@@ -91,7 +94,7 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
           'length': length, 'stream_segment': None, 'documents': len(docs), 'windows': windows,
           'bits_per_byte': float(loss_by_pos.sum() / len(docs) / length / evaluator.LN2),
           'bits_by_context': octaves, 'seconds': time.perf_counter() - t0,
-          'peak_rss_mb': io_utils.peak_rss_mb(), 'step': None}
+          'peak_rss_mb': harness.peak_rss_mb(), 'step': None}
 
 
 GAIN_BUCKETS = [(128, 512), (512, 2048), (2048, 4096), (4096, 8192), (8192, 16384),
@@ -131,7 +134,7 @@ def gains(records: list[dict]) -> list[dict]:
 
 
 def plot_gains(rows: list[dict], path: str) -> None:
-  plt = io_utils.pyplot()
+  plt = harness.io_utils.pyplot()
   controls = sorted({r['restart_every'] for r in rows})
   fig, axes = plt.subplots(1, len(controls), figsize=(6.5 * len(controls) + 1.5, 4.0),
                            squeeze=False)
@@ -151,15 +154,12 @@ def plot_gains(rows: list[dict], path: str) -> None:
     ax.set_ylabel(f'bits/byte saved over the model\nrestarted every {every:,} bytes')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.02, 0.5))
-  fig.suptitle('What the context beyond the last restart buys, by position '
-               '(trained at 4,096 bytes: grey line)', fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  harness.save_figure(fig, 'What the context beyond the last restart buys, by position '
+                      '(trained at 4,096 bytes: grey line)', path)
 
 
 def plot(records: list[dict], lengths: list[int], path: str) -> None:
-  plt = io_utils.pyplot()
+  plt = harness.io_utils.pyplot()
   fig, axes = plt.subplots(1, len(lengths), figsize=(4.6 * len(lengths) + 1.5, 4.0),
                            sharey=True, squeeze=False)
   models = list(dict.fromkeys(r['label'].split(', context reset')[0] for r in records))
@@ -184,12 +184,8 @@ def plot(records: list[dict], lengths: list[int], path: str) -> None:
       handles.setdefault(label, h)
   axes[0][-1].legend(handles.values(), handles.keys(), fontsize=7, loc='center left',
                      bbox_to_anchor=(1.02, 0.5))
-  fig.suptitle('Context use: bits/byte by position, trained at 4,096 bytes (grey line); '
-               'dotted: the model restarted every 4,096 bytes',
-               fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  harness.save_figure(fig, 'Context use: bits/byte by position, trained at 4,096 bytes (grey '
+                      'line); dotted: the model restarted', path)
 
 
 def report(records: list[dict], lengths: list[int], path: str, workdir: str) -> None:
@@ -247,7 +243,7 @@ def main() -> None:
   args = ap.parse_args()
   lengths = [int(n) for n in args.lengths.split(',')]
   restarts = [int(n) for n in args.restart_every.split(',') if n]
-  names = args.runs or runs(args.workdir)
+  names = args.runs or run_names(args.workdir)
   os.makedirs(args.out, exist_ok=True)
   path = os.path.join(args.out, 'context_use.json')
   records = json.load(open(path))['records'] if os.path.exists(path) else []
@@ -276,7 +272,7 @@ def _record(r: dict, records: list[dict], path: str, args) -> None:
   print(f"{r['label']:40s} L={r['length']:6,}: {r['bits_per_byte']:.4f} bits/byte over "
         f"{r['documents']} documents, last octave "
         f"{list(r['bits_by_context'].values())[-1]:.4f}  ({r['seconds']:.0f} s)", flush=True)
-  io_utils.write_json(path, {'config': vars(args), 'records': records})
+  harness.write_results(path, args, records=records)
 
 
 if __name__ == '__main__':

@@ -9,9 +9,9 @@ keys and values rebuilt at every step); the three LMs hold the same number of
 parameters (D=128, 4 layers, H=4). Batch 1, float32. For each context length L the
 state holds L tokens, then `--steps` greedy decode steps run as one jitted `lax.scan`
 (chunk ends and their refine step included); the median of three runs divided by the
-steps is the time per token. Rounds go length by length with the variants back to
-back, in alternating order, and the JSON holds every round and the paired ratio of
-each variant's ms/token to `--reference`'s within a round. The state is a real
+steps is the time per token. At each length the variants run in paired alternating
+rounds (harness.paired_rounds), and the JSON holds every round and the median and range
+of each variant's ms/token over `--reference`'s within a round. The state is a real
 prefill of L random bytes up to --max_prefill tokens, and for a fixed-size state at
 every length; above it a growing cache is zeros with the position set to L, which
 costs exactly the same per decoded token. Writes <out>.json and <out>.png.
@@ -24,14 +24,13 @@ import functools
 import importlib
 import statistics
 
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from latent_flax.evaluation import decode  # noqa: E402
-from latent_flax import model as model_lib  # noqa: E402
-from latent_flax.attention import registry  # noqa: E402
+from benchmarks import harness
+from latent_flax import model as model_lib
+from latent_flax.attention import registry
+from latent_flax.evaluation import decode
 
 LENGTHS = [1024, 4096, 16384, 65536]
 VARIANTS = ['m64', 'full', 'mla', 'mla:mla_decode=naive']
@@ -83,44 +82,34 @@ def measure(variant: str, length: int, steps: int, max_prefill: int) -> dict:
                                                     holder['token'], steps)
     return holder['token']
 
-  _, seconds = common.time_fn(run, repeats)  # compile + warm-up, then the median of `repeats`
+  _, seconds = harness.time_fn(run, repeats)  # compile + warm-up, then the median of `repeats`
   return {'variant': variant, 'kind': kind.name, 'context': length, 'steps': steps,
           'state': 'prefill' if real else 'zeros', 'ms_per_token': 1e3 * seconds / steps,
           'tokens_per_s': steps / seconds, 'state_mib': state_bytes / 2**20,
           'cache_len': cache_len}
 
 
-def summarize(records: list[dict], reference: str) -> list[dict]:
-  """Per variant and length: median ms/token over rounds, and the median paired ratio
-  ms/token / the reference's ms/token in the same round."""
-  out = []
-  for v in dict.fromkeys(r['variant'] for r in records):
-    for n in dict.fromkeys(r['context'] for r in records):
-      pts = [r for r in records if r['variant'] == v and r['context'] == n]
-      if not pts:
-        continue
-      ref = {r['round']: r['ms_per_token'] for r in records
-             if r['variant'] == reference and r['context'] == n}
-      ratios = [r['ms_per_token'] / ref[r['round']] for r in pts if r['round'] in ref]
-      out.append({'variant': v, 'context': n,
-                  'ms_per_token': statistics.median(r['ms_per_token'] for r in pts),
-                  'state_mib': pts[-1]['state_mib'],
-                  f'time_vs_{reference}': statistics.median(ratios) if ratios else None})
-  return out
+def summarize(rounds: dict[str, list[dict]], reference: str) -> list[dict]:
+  """Per variant at one length: the median ms/token over rounds, and the median and range
+  of its ms/token over the reference's within each round."""
+  return [{'variant': v, 'context': recs[0]['context'],
+           'ms_per_token': statistics.median(r['ms_per_token'] for r in recs),
+           'state_mib': recs[-1]['state_mib'],
+           f'time_vs_{reference}': harness.ratio_stats(recs, rounds.get(reference, []),
+                                                       key='ms_per_token')}
+          for v, recs in rounds.items()]
 
 
 def plot(summary: list[dict], path: str) -> None:
-  from latent_flax.system import io_utils
-  plt = io_utils.pyplot()
+  plt = harness.io_utils.pyplot()
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for v in dict.fromkeys(s['variant'] for s in summary):
     pts = [s for s in summary if s['variant'] == v]
     ax_t.plot([s['context'] for s in pts], [s['ms_per_token'] for s in pts], 'o-', label=v)
     ax_m.plot([s['context'] for s in pts], [s['state_mib'] for s in pts], 'o-', label=v)
   for ax, ylabel in ((ax_t, 'ms per generated token'), (ax_m, 'decoding state (MiB)')):
-    common.style_log_axes(ax, 'context length (tokens already seen)', ylabel)
-  common.save_figure(fig, 'Decoding, D=128, 4 layers, H=4, equal parameters, batch 1, CPU',
-                     path)
+    harness.log_axes(ax, 'context length (tokens already seen)', ylabel)
+  harness.save_figure(fig, 'Decoding, batch 1: time per token and state against context', path)
 
 
 def main() -> None:
@@ -135,19 +124,28 @@ def main() -> None:
   ap.add_argument('--max_prefill', type=int, default=4096)
   args = ap.parse_args()
   variants = args.variants.split(',')
+  if args.reference not in variants:
+    raise SystemExit(f"decode.py: --reference={args.reference!r} is not one of --variants "
+                     f"{variants}; add it or pick one of them.")
   for v in variants:  # a bad name fails here, before anything is timed
     load_variant(v)
-  records = []
+  records, summary = [], []
+
+  def shown(v, rec):
+    print(f"{v:22s} context {rec['context']:6d} round {rec['round']}: "
+          f"{rec['ms_per_token']:7.2f} ms/token ({rec['tokens_per_s']:7.1f} tokens/s), state "
+          f"{rec['state_mib']:8.2f} MiB [{rec['state']}]", flush=True)
+
   for length in map(int, args.lengths.split(',')):
-    for rnd in range(args.rounds):
-      for v in (variants if rnd % 2 == 0 else variants[::-1]):
-        rec = {**measure(v, length, args.steps, args.max_prefill), 'round': rnd}
-        records.append(rec)
-        print(f"{v:22s} context {length:6d} round {rnd}: {rec['ms_per_token']:7.2f} ms/token "
-              f"({rec['tokens_per_s']:7.1f} tokens/s), state {rec['state_mib']:8.2f} MiB "
-              f"[{rec['state']}]", flush=True)
-        common.write_records(args, records, summary=summarize(records, args.reference))
-  summary = summarize(records, args.reference)
+    rounds = harness.paired_rounds(
+        variants, lambda v: measure(v, length, args.steps, args.max_prefill), args.rounds,
+        on_record=shown)
+    records += [r for recs in rounds.values() for r in recs]
+    summary += summarize(rounds, args.reference)
+    harness.write_results(args.out + '.json', args, records=records, summary=summary)
+  for s in summary:
+    print(f"{s['variant']:22s} context {s['context']:6d}: {s['ms_per_token']:7.2f} ms/token, "
+          f"x {harness.format_ratio(s[f'time_vs_{args.reference}'])} of {args.reference}")
   plot(summary, args.out + '.png')
   print(f"wrote {args.out}.json and {args.out}.png")
 

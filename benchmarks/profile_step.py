@@ -3,8 +3,9 @@
     python benchmarks/profile_step.py [--lengths 4096,65536] [--config m64]
         [--out benchmarks/results/profile_step]
 
-The whole jitted train step of a config module of configs/ (default m64: causal_latent
-M=64, C=128, D=128, 4 layers), batch 1, is traced for --steps steps with jax.profiler.
+The trainer's own train step (harness.LMStep) of a config module of configs/ (default m64:
+causal_latent M=64, C=128, D=128, 4 layers), batch 1, is traced for --steps steps with
+jax.profiler and the trace read back with jax.profiler.ProfileData.
 Every XLA op of the trace is attributed through the compiled HLO's metadata (the flax
 module path and jax primitive that produced it) to one row:
 
@@ -22,17 +23,18 @@ module path and jax primitive that produced it) to one row:
                            nested computations, such as the prefix scan's)
 
 Op times are summed over XLA's worker threads and then scaled to the step's wall time
-measured without the profiler (the shares are the shares of thread time). Also measured: the host's part (the time
-train.py's loop spends per step beyond the jitted step, from a short real run), minor
-page faults per step, and the model-FLOP utilisation: XLA's FLOP count of the step
-over its wall time, against the float32 matmul rate of this process on
---peak_size^3 matmuls. Writes <out>.json and <out>.png.
+measured without the profiler (the shares are the shares of thread time). Also measured:
+the host's part (the time train.py's loop spends per step beyond the jitted step, from a
+short real run), minor page faults per step, and the model-FLOP utilisation: XLA's FLOP
+count of the step over its wall time, against harness.matmul_peak_gflops on --peak_size^3
+matmuls in this process. Writes <out>.json and <out>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import glob
 import importlib
 import os
 import re
@@ -40,19 +42,44 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 
+from benchmarks import harness
 
-from benchmarks import common  # noqa: E402
-from benchmarks import profile_layer  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ('token-side projections', 'latent-side projections', 'attention scores/values',
         'softmax and scan', 'layer norms', 'MLP, embedding, head', 'layout copies',
         'optimizer and loss', 'not attributed')
 _TOKEN_SIDE = ('compress.project_kv', 'expand.project_q', 'expand.project_out', 'attn/query',
                'attn/key', 'attn/value', 'attn/out')
 _LATENT_SIDE = ('compress.project_q', 'compress.project_out', 'refine', 'expand.project_kv')
+# XLA:CPU's threads that run the ops of a step, and their events that are not ops.
+_OP_THREADS = ('tf_XLAEigen', 'tf_XLAExecute')
+_NOT_OPS = ('ThunkExecutor', 'ThreadPool', 'Threadpool')
+
+
+def op_kind(op: str) -> str:
+  """'matmul', 'copy' (layout copies and transposes) or 'other', from an XLA:CPU op's name
+  ('copy_bitcast_fusion.16' -> copy; YNNPACK's fusions are matmuls)."""
+  base = re.sub(r'\.\d+$', '', op)
+  words = set(base.split('_')) - {'fusion', 'wrapped', 'bitcast'}
+  if base.startswith('ynn') or words == {'dot'}:
+    return 'matmul'
+  if words and words <= {'copy', 'transpose'}:
+    return 'copy'
+  return 'other'
+
+
+def op_times(trace_dir: str, steps: int) -> dict[str, float]:
+  """Milliseconds per step of every XLA op in a jax.profiler trace, summed over threads."""
+  from jax.profiler import ProfileData
+  path = glob.glob(os.path.join(trace_dir, '**', '*.xplane.pb'), recursive=True)[0]
+  times = collections.Counter()
+  for plane in ProfileData.from_file(path).planes:
+    for line in plane.lines:
+      if line.name.startswith(_OP_THREADS):
+        for event in line.events:
+          if not any(part in event.name for part in _NOT_OPS):
+            times[event.name] += event.duration_ns / 1e6 / steps
+  return dict(times)
 
 
 def op_paths(compiled_text: str) -> dict[str, str]:
@@ -63,39 +90,22 @@ def op_paths(compiled_text: str) -> dict[str, str]:
 
 def row_of(op: str, path: str) -> str:
   """The row of ROWS an op belongs to, from its name and module path."""
-  kind = profile_layer.category(op)
+  kind = op_kind(op)
   if 'LanguageModel' not in path:
     return ROWS[7]
-  if kind == profile_layer.CATEGORIES[1]:
+  if kind == 'copy':
     return ROWS[6]
   if re.search(r'/ln[\w_]*/', path + '/'):
     return ROWS[4]
   if '/attention/' not in path:
     return ROWS[5]
-  if kind == profile_layer.CATEGORIES[0]:
+  if kind == 'matmul':
     if any(part in path for part in _TOKEN_SIDE):
       return ROWS[0]
     if any(part in path for part in _LATENT_SIDE):
       return ROWS[1]
     return ROWS[2]
   return ROWS[3]
-
-
-def matmul_peak_gflops(size: int) -> float:
-  """float32 GFLOP/s of a jitted size^3 matmul here (best of 5)."""
-  import jax
-  import jax.numpy as jnp
-  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  jax.block_until_ready(f(a))
-  best = min(_timed(lambda: jax.block_until_ready(f(a))) for _ in range(5))
-  return 2 * size ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
 
 
 def loop_seconds_per_step(config_name: str, n: int, steps: int) -> float | None:
@@ -107,7 +117,7 @@ def loop_seconds_per_step(config_name: str, n: int, steps: int) -> float | None:
             f'--config.num_train_steps={steps}', f'--config.log_every_steps={steps // 2}',
             f'--config.eval_every_steps={steps * 10}', f'--config.checkpoint_every_steps={steps * 10}',
             '--config.num_eval_steps=1', f'--workdir={workdir}/run']
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=harness.REPO)
     rates = re.findall(r'([\d.]+) steps/s', proc.stdout + proc.stderr)
   return 1.0 / float(rates[-1]) if rates else None
 
@@ -115,29 +125,22 @@ def loop_seconds_per_step(config_name: str, n: int, steps: int) -> float | None:
 def profile(config_name: str, n: int, steps: int) -> dict:
   import jax
   config = importlib.import_module(f'configs.{config_name}').get_config()
-  step, state, batch = common.lm_train_step(config, n)
-  rng = jax.random.key(1)
-  compiled = step.lower(state, batch, rng).compile()
+  config.data.seq_len = n
+  config.per_device_batch_size = 1
+  step = harness.LMStep(config)
+  compiled, _ = step.compile()
   paths = op_paths(compiled.as_text())
-  flops = compiled.cost_analysis().get('flops', float('nan'))
-  for _ in range(2):
-    state, metrics = step(state, batch, rng)
-  jax.block_until_ready(metrics)
-  walls = []
+  cost = compiled.cost_analysis()
+  flops = (cost[0] if isinstance(cost, (list, tuple)) else cost).get('flops', float('nan'))
+  step.run(2)  # initialises, compiles, warms up
   faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(steps):  # wall time without the profiler, which slows the step down
-    t0 = time.perf_counter()
-    state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
-    walls.append(time.perf_counter() - t0)
+  # Wall time without the profiler, which slows the step down.
+  wall = sorted(step.run(1) for _ in range(steps))[steps // 2]
   faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
-  wall = sorted(walls)[len(walls) // 2]
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
-      for _ in range(steps):
-        state, metrics = step(state, batch, rng)
-        jax.block_until_ready(metrics)
-    ops = profile_layer.op_times(trace_dir, steps)
+      step.run(steps)
+    ops = op_times(trace_dir, steps)
   rows = collections.Counter()
   for op, ms in ops.items():
     rows[row_of(op, paths[op]) if op in paths else ROWS[-1]] += ms
@@ -152,8 +155,7 @@ def profile(config_name: str, n: int, steps: int) -> dict:
 
 
 def plot(records: list[dict], path: str) -> None:
-  from latent_flax.system import io_utils
-  plt = io_utils.pyplot()
+  plt = harness.io_utils.pyplot()
   fig, ax = plt.subplots(figsize=(8, 4.4))
   labels = [f"{r['attention']} N={r['n']:,}\n{r['wall_ms']:.0f} ms, MFU {100 * r['mfu']:.0f}%"
             for r in records]
@@ -164,7 +166,7 @@ def plot(records: list[dict], path: str) -> None:
     bottom = [b + s for b, s in zip(bottom, shares)]
   ax.set_xlabel('share of the step (XLA thread time), %')
   ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
-  common.save_figure(fig, 'LM train step (batch 1, CPU): where the time goes', path)
+  harness.save_figure(fig, 'LM train step (batch 1): where the time goes', path)
 
 
 def main() -> None:
@@ -177,7 +179,7 @@ def main() -> None:
                   help='steps of the real train.py run that measures host time (0 = skip)')
   ap.add_argument('--peak_size', type=int, default=2048)
   args = ap.parse_args()
-  peak = matmul_peak_gflops(args.peak_size)
+  peak = harness.matmul_peak_gflops(args.peak_size)
   print(f"float32 matmul peak here: {peak:.1f} GFLOP/s ({args.peak_size}^3)", flush=True)
   records = []
   for n in map(int, args.lengths.split(',')):
@@ -194,7 +196,8 @@ def main() -> None:
           f"{r.get('loop_ms_per_step') or float('nan'):.0f} ms/step", flush=True)
     for row in ROWS:
       print(f"   {row:26s} {r['rows_ms'][row]:8.1f} ms  {100 * r['rows_share'][row]:5.1f}%")
-    common.write_records(args, records, matmul_peak_gflops=peak)
+    harness.write_results(args.out + '.json', args, records=records,
+                          matmul_peak_gflops=peak)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and {args.out}.png")
 

@@ -3,15 +3,16 @@ between devices against the seq-axis size, for causal_latent and full attention.
 
     python benchmarks/seq_parallel.py [--lengths 16384,...,262144] [--seq 1,2,4] [--time_max 65536,16384]
 
-One LM train step (forward, backward, AdamW) on one row of N bytes, D=128, 4 heads,
-2 layers (causal_latent M=64, C=128; full: blockwise), on mesh (1, 1, s) over the first s
-of 4 fake CPU devices. From the compiled program: temp (activation) bytes per device
-(XLA's memory analysis) and the collectives in its HLO, each counted once where it
-appears, with the bytes a device receives by the usual ring formulas (all-gather and
-reduce-scatter (s-1)/s of the full buffer, all-reduce 2(s-1)/s, collective-permute the
-buffer); a collective inside a loop body is counted once and flagged. Step time (median
-of --steps after one warm-up) up to --time_max tokens: on a 2-core machine the fake
-devices share the cores, so it shows overhead, not speed-up. Writes <out>.json and <out>.png.
+The trainer's LM train step (harness.LMStep: forward, backward, AdamW) on one row of N
+bytes, D=128, 4 heads, 2 layers (causal_latent M=64, C=128; full: blockwise), on mesh
+(1, 1, s) over the first s of 4 fake CPU devices. From the compiled program: temp
+(activation) bytes per device (XLA's memory analysis) and the collectives in its HLO,
+each counted once where it appears, with the bytes a device receives by the usual ring
+formulas (all-gather and reduce-scatter (s-1)/s of the full buffer, all-reduce 2(s-1)/s,
+collective-permute the buffer); a collective inside a loop body is counted once and
+flagged. Step time (median of --steps after one warm-up) up to --time_max tokens: on a
+2-core machine the fake devices share the cores, so it shows overhead, not speed-up.
+Writes <out>.json and <out>.png.
 """
 
 from __future__ import annotations
@@ -23,18 +24,13 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import argparse  # noqa: E402
 import re  # noqa: E402
-import time  # noqa: E402
+import statistics  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import harness  # noqa: E402
 from configs import base  # noqa: E402
-from latent_flax.training import checkpoint, steps
-from latent_flax import config_lib
-from latent_flax.system import io_utils  # noqa: E402
-from latent_flax.training.parallel import Parallel  # noqa: E402
 
 COLLECTIVES = ('all-gather', 'all-reduce', 'collective-permute', 'all-to-all', 'reduce-scatter')
 _BYTES = {'f32': 4, 'f16': 2, 'bf16': 2, 's32': 4, 'u32': 4, 's8': 1, 'u8': 1, 'pred': 1,
@@ -77,61 +73,29 @@ def collectives(hlo: str, s: int) -> dict:
   return out
 
 
-def lm_config(kind: str, n: int):
+def lm_config(kind: str, n: int, s: int):
+  """The benchmark's LM of `kind` at n tokens, one row, on mesh (1, 1, s)."""
   config = base.get_config()
   config.model.update(attention=kind, num_latents=64, chunk_size=128, num_heads=4,
                       emb_dim=128, mlp_dim=512, num_layers=2)
   config.data.update(seq_len=n)
+  config.mesh.update(data=1, fsdp=1, seq=s)
   config.per_device_batch_size = 1
   return config
 
 
-class LMStep:
-  """The jit LM train step of lm_config(kind, n) on mesh (1, 1, s), compiled for shapes
-  alone (`compiled`: its memory analysis and HLO); `start()` gives a state, one row of
-  random bytes and a key to run it with."""
-
-  def __init__(self, kind: str, n: int, s: int):
-    self.n = n
-    self.config = lm_config(kind, n)
-    self.config.mesh.update(data=1, fsdp=1, seq=s)
-    config_lib.validate_layout(self.config, s)
-    self.model = config_lib.build_model(self.config)
-    self.parallel = Parallel('jit', self.model, self.config, devices=jax.devices()[:s])
-    target = checkpoint.abstract_state(self.model, self.config, self.parallel.shard_state_like)
-    shapes = {'inputs': ((1, n), jnp.int32), 'targets': ((1, n), jnp.int32),
-              'weights': ((1, n), jnp.float32)}
-    t0 = time.perf_counter()
-    self.compiled = self.parallel.lower_train_step(target, shapes).compile()
-    self.compile_s = time.perf_counter() - t0
-
-  def start(self):
-    """(state, batch, key) for parallel.train_step."""
-    init = steps.make_init_fn(self.model, self.config)
-    state = jax.jit(lambda r: self.parallel.lay_out(init(r)))(jax.random.key(0))
-    tokens = np.random.default_rng(0).integers(0, 256, (1, self.n + 1)).astype(np.int32)
-    batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-             'weights': np.ones((1, self.n), np.float32)}
-    return state, batch, self.parallel.put_rng(jax.random.key(1))
-
-
 def measure(kind: str, n: int, s: int, timed: bool, num_steps: int) -> dict:
-  step = LMStep(kind, n, s)
-  memory = step.compiled.memory_analysis()
-  record = {'kind': kind, 'n': n, 'seq': s, 'compile_s': step.compile_s,
+  step = harness.LMStep(lm_config(kind, n, s), devices=jax.devices()[:s])
+  compiled, compile_s = step.compile()
+  memory = compiled.memory_analysis()
+  record = {'kind': kind, 'n': n, 'seq': s, 'compile_s': compile_s,
             'temp_mb': memory.temp_size_in_bytes / 2**20,
             'argument_mb': memory.argument_size_in_bytes / 2**20,
-            'collectives': collectives(step.compiled.as_text(), s)}
+            'collectives': collectives(compiled.as_text(), s)}
   record['received_mb'] = sum(c['received_bytes'] for c in record['collectives'].values()) / 2**20
   if timed:
-    state, batch, key = step.start()
-    times = []
-    for _ in range(num_steps + 1):
-      t0 = time.perf_counter()
-      state, metrics = step.parallel.train_step(state, batch, key)
-      jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - t0)
-    record['step_s'] = float(np.median(times[1:]))
+    step.run(1)  # initialises, compiles, warms up
+    record['step_s'] = statistics.median(step.run(1) for _ in range(num_steps))
     record['tokens_per_s'] = n / record['step_s']
   return record
 
@@ -160,18 +124,19 @@ def main() -> None:
               + "  (" + ', '.join(f"{k} x{v['count']}" for k, v in r['collectives'].items())
               + ")",
               flush=True)
-        common.write_records(args, records)
+        harness.write_results(args.out + '.json', args, records=records)
   plot(records, args.out + '.png')
   print(f"wrote {args.out}.json and .png")
 
 
 def plot(records: list[dict], path: str) -> None:
-  plt = io_utils.pyplot()
+  plt = harness.io_utils.pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   kinds = sorted({r['kind'] for r in records})
-  for kind, ls in zip(kinds, ('-', '--')):
+  for kind, ls in zip(kinds, ('-', '--', ':', '-.')):
     for s, color in zip(sorted({r['seq'] for r in records}), ('C0', 'C1', 'C2', 'C3')):
-      pts = sorted((r['n'], r) for r in records if r['kind'] == kind and r['seq'] == s)
+      pts = sorted(((r['n'], r) for r in records if r['kind'] == kind and r['seq'] == s),
+                   key=lambda p: p[0])
       label = f'{kind}, seq={s}'
       axes[0].plot([n for n, _ in pts], [r['temp_mb'] for _, r in pts], ls, color=color,
                    marker='o', label=label)
@@ -183,14 +148,10 @@ def plot(records: list[dict], path: str) -> None:
         axes[2].plot(*zip(*timed), ls, color=color, marker='o', label=label)
   for ax, ylabel in zip(axes, ('temp memory per device (MiB)',
                                'received per device per step (MiB)', 'step time (s)')):
-    ax.set_xscale('log', base=2)
-    ax.set_yscale('log')
-    ax.set_xlabel('sequence length N (one row)')
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-  fig.suptitle('Sequence parallelism on 4 fake CPU devices (LM train step, D=128, 2 layers)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
+    harness.log_axes(ax, 'sequence length N (one row)', ylabel,
+                     legend=bool(ax.get_legend_handles_labels()[0]))
+  harness.save_figure(fig, 'Sequence parallelism on 4 fake CPU devices (LM train step, D=128, '
+                      '2 layers)', path)
 
 
 if __name__ == '__main__':

@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
+from benchmarks import harness
+from latent_flax import model as model_lib
+from latent_flax.evaluation import decode, evaluator, runs
+from latent_flax.tasks import corpus, data
 from latent_flax.training import checkpoint
-from latent_flax.tasks import data
-from latent_flax.evaluation import decode, runs, evaluator
-from latent_flax.system import io_utils  # noqa: E402
-from latent_flax import model as model_lib  # noqa: E402
-from latent_flax.tasks import corpus  # noqa: E402
 
 
 def long_document(config, num_bytes: int) -> tuple[np.ndarray, list[str]]:
@@ -46,6 +43,20 @@ def long_document(config, num_bytes: int) -> tuple[np.ndarray, list[str]]:
   if len(joined) < num_bytes + 1:
     raise ValueError(f"--bytes={num_bytes:,}: the validation text has {len(joined):,} bytes.")
   return joined[:num_bytes + 1], sources
+
+
+def plot(result: dict, path: str) -> None:
+  """Bits/byte against the bytes of context a prediction had (octave means, log x)."""
+  plt = harness.io_utils.pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  octaves = result['bits_by_context']
+  bounds = [tuple(map(int, k.split('-'))) for k in octaves]
+  ax.plot([(lo * hi) ** 0.5 for lo, hi in bounds], list(octaves.values()), 'o-',
+          label=f"{result['attention']}, trained at {result['trained_seq_len']:,} bytes")
+  ax.axvline(result['trained_seq_len'], color='grey', lw=0.8, ls=':')
+  harness.log_axes(ax, 'bytes of context (octave mean)', 'bits per byte', log_y=False)
+  harness.save_figure(fig, f"One document of {result['bytes']:,} bytes in one streamed context "
+                      f"(segments of {result['segment']:,})", path)
 
 
 def main() -> None:
@@ -71,7 +82,7 @@ def main() -> None:
     if now - last > 10 or end == n:
       rate = end / (now - start_time)
       print(f"{end:>10,} / {n:,} bytes  {rate:,.0f} bytes/s  ETA {(n - end) / rate:,.0f} s  "
-            f"peak RSS {io_utils.peak_rss_mb():,.0f} MiB", flush=True)
+            f"peak RSS {harness.peak_rss_mb():,.0f} MiB", flush=True)
       last = now
 
   loss_by_pos = evaluator.stream_sums(model, restored.params, batch, args.segment,
@@ -83,16 +94,12 @@ def main() -> None:
             'trained_seq_len': config.data.seq_len, 'trained_on': config.data.name,
             'bytes': args.bytes, 'segment': args.segment, 'sources': sources,
             'seconds': seconds, 'bytes_per_s': args.bytes / seconds,
-            'peak_rss_mb': io_utils.peak_rss_mb(),
+            'peak_rss_mb': harness.peak_rss_mb(),
             'state_bytes': per_token * args.bytes + fixed,
             'bits_per_byte': float(loss_by_pos.mean() / evaluator.LN2),
             'bits_by_context': octaves}
-  io_utils.write_json(args.out + '.json', {'config': vars(args), 'machine': common.machine_info(),
-                                           'result': result})
-  runs.plot_by_context({'dataset': 'one document', 'split': f"{args.bytes:,} bytes",
-                            'step': restored.step, 'windows': 'one',
-                            'seq_len': args.bytes, 'stream_segment': args.segment,
-                            'bits_by_context': octaves}, args.out + '.png')
+  harness.write_results(args.out + '.json', args, result=result)
+  plot(result, args.out + '.png')
   print(f"{args.bytes:,} bytes in {seconds:.0f} s ({args.bytes / seconds:,.0f} bytes/s), peak "
         f"RSS {result['peak_rss_mb']:,.0f} MiB, {result['bits_per_byte']:.4f} bits/byte")
   print('by bytes of context: ' + '  '.join(f'{k} {v:.3f}' for k, v in octaves.items()))

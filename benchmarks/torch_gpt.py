@@ -3,14 +3,19 @@
 Pre-LN blocks as in the common minimal GPT trainers: x + attn(LN(x)), x + MLP(LN(x)),
 attention through torch.nn.functional.scaled_dot_product_attention (causal), GELU MLP,
 learned absolute position embeddings, a byte vocabulary (256), AdamW. Runs in its own
-venv (`make peers-venv`: torch==2.13.0, CPU build); never imported by the project.
+venv (`make peers-venv`: torch==2.13.0, CPU build), or with a machine's own torch on a GPU
+(benchmarks/accelerator_check.py); never imported by the project.
 
     .venv-torch/bin/python benchmarks/torch_gpt.py --mode=train --n=4096
-prints one JSON line: seconds per step (median of --repeats after a warm-up), tokens/s,
-peak RSS.
+    python benchmarks/torch_gpt.py --device=cuda --dtype=bfloat16 --sdpa=flash --batch=4 --n=16384
+prints one JSON line: seconds per step (median of --repeats after a warm-up), tokens/s
+(batch x n per second), peak RSS, and on a GPU the allocator's peak (device_peak_mb).
+`--dtype=bfloat16` computes under autocast with float32 parameters (as our bfloat16
+models do); `--sdpa` pins SDPA's backend (flash: FlashAttention-2's kernel).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -51,7 +56,7 @@ class GPT(nn.Module):
     self.ln, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
 
   def forward(self, tokens):
-    x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1]))
+    x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
     for block in self.blocks:
       x = block(x)
     return self.head(self.ln(x))
@@ -66,37 +71,67 @@ def main():
   ap.add_argument('--mlp', type=int, default=512)
   ap.add_argument('--layers', type=int, default=4)
   ap.add_argument('--repeats', type=int, default=3)
+  ap.add_argument('--batch', type=int, default=1, help='rows per step (train mode)')
+  ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+  ap.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32',
+                  help='compute dtype (bfloat16: autocast, float32 parameters)')
+  ap.add_argument('--sdpa', choices=['default', 'flash', 'efficient', 'math', 'cudnn'],
+                  default='default', help="SDPA's backend ('default': torch chooses)")
   args = ap.parse_args()
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
+  device = torch.device(args.device)
+  cuda = device.type == 'cuda'
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
   if args.mode == 'layer':  # one block's attention sub-layer, forward + backward
-    block = Block(args.width, args.heads, args.mlp)
-    x = torch.randn(1, args.n, args.width, requires_grad=True)
+    block = Block(args.width, args.heads, args.mlp).to(device)
+    x = torch.randn(1, args.n, args.width, requires_grad=True, device=device)
 
-    def step():
+    def run():
       block.zero_grad(set_to_none=True)
       x.grad = None
-      (block.attend(x) ** 2).mean().backward()
+      (block.attend(x).float() ** 2).mean().backward()
   else:
-    model = GPT(args.n, args.width, args.heads, args.mlp, args.layers)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)
-    tokens = torch.randint(0, 256, (1, args.n + 1))
+    model = GPT(args.n, args.width, args.heads, args.mlp, args.layers).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01,
+                            fused=cuda)
+    tokens = torch.randint(0, 256, (args.batch, args.n + 1), device=device)
 
-    def step():
+    def run():
       opt.zero_grad(set_to_none=True)
       logits = model(tokens[:, :-1])
-      F.cross_entropy(logits.view(-1, 256), tokens[:, 1:].reshape(-1)).backward()
+      F.cross_entropy(logits.reshape(-1, 256).float(), tokens[:, 1:].reshape(-1)).backward()
       opt.step()
+
+  def step():
+    with contextlib.ExitStack() as stack:
+      if args.dtype == 'bfloat16':
+        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+      if args.sdpa != 'default':
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        backend = {'flash': SDPBackend.FLASH_ATTENTION, 'math': SDPBackend.MATH,
+                   'efficient': SDPBackend.EFFICIENT_ATTENTION,
+                   'cudnn': SDPBackend.CUDNN_ATTENTION}[args.sdpa]
+        stack.enter_context(sdpa_kernel(backend))
+      run()
+    sync()
+
+  t0 = time.perf_counter()
   step()
+  first = time.perf_counter() - t0
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
     step()
     times.append(time.perf_counter() - t0)
   seconds = statistics.median(times)
-  print(json.dumps({'status': 'ok', 'seconds': seconds, 'tokens_per_sec': args.n / seconds,
+  rows = args.batch if args.mode == 'train' else 1
+  print(json.dumps({'status': 'ok', 'seconds': seconds, 'first_s': first,
+                    'tokens_per_sec': rows * args.n / seconds,
                     'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                    'torch': torch.__version__}))
+                    'device_peak_mb': torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                    'device_kind': torch.cuda.get_device_name() if cuda else 'cpu',
+                    'sdpa': args.sdpa, 'torch': torch.__version__}))
 
 
 if __name__ == '__main__':

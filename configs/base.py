@@ -18,7 +18,8 @@ def model_config() -> ml_collections.ConfigDict:
 def data_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.name = 'stdlib'              # 'stdlib' (built in), 'text_files', or 'tfds:<catalog name>'
-  d.path = ''                    # file, folder or glob for name='text_files'
+  d.path = ''                    # file, folder or glob for name='text_files' (a folder with
+                                 # train/, validation/, test/ subfolders: its own splits)
   d.text_key = 'text'            # feature holding the text for 'tfds:' datasets
   d.seq_len = 512                # tokens (bytes) per training window
   d.data_dir = ''                # tfds data dir ('' = the tfds default, ~/tensorflow_datasets)
@@ -27,6 +28,11 @@ def data_config() -> ml_collections.ConfigDict:
   d.min_document_bytes = 0       # corpora: leave out shorter documents (32768: long files only)
   d.eval_windows = 'stream'      # corpora: 'stream' (windows over the joined split) or
                                  # 'documents' (each document's first seq_len bytes)
+  d.passkey_rate = 0.0           # corpora: fraction of training windows that are passkey
+                                 # documents on the corpus's text (latent_flax/tasks/passkey.py)
+  d.babi_rate = 0.0              # corpora: fraction that are bAbI qa1 fact documents (babi.py)
+  d.passkey_digits = 5           # passkey documents: digits of the key
+  d.babi_facts = 4               # bAbI documents: facts per document
   return d
 
 

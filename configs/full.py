@@ -2,11 +2,11 @@
 
     python train.py --config=configs/full.py --workdir=/tmp/lf_full
 
-Parameters matched to m64.py by widening the MLP: the latent block holds 141,312 more
-parameters per layer than full attention (latents, and the compress, refine and expand
-projections), and mlp_dim 1,062 instead of 512 adds 141,350 (257 per unit of width):
-1,424,536 parameters against m64's 1,424,384 (+0.01%). `configs/full.py:mlp=512` is the
-same model at m64's MLP width instead.
+Parameters matched to m64.py by widening the MLP: the latent block holds more parameters
+than full attention (the latents, and the compress, refine and expand projections), and
+mlp_dim is the width that brings the total closest to m64's, within 0.05%
+(tests/test_configs.py). `configs/full.py:mlp=512` is the same model at m64's MLP width
+instead.
 """
 
 from configs import base

@@ -218,10 +218,11 @@ def _embed_and_blocks(cfg: ModelConfig, tokens_BN: jax.Array, deterministic: boo
 class LanguageModel(nn.Module):
   """Decoder-only byte LM. apply({'params': p}, tokens_BN) -> logits_BNV, deterministic.
 
-  Decoding (see evaluation/decode.py): `decode='prefill'` runs the parallel pass over a prompt
-  and writes each layer's state to the mutable 'cache' collection; `decode='step'`
-  takes one token [B, 1] per call and updates it. `cache_len` bounds the length
-  for full attention's KV cache; the latent state has a fixed size.
+  Decoding modes (`decode=`, with the mutable 'cache' collection; see evaluation/decode.py):
+  'prefill' runs the parallel pass over a prompt and writes each layer's state; 'step'
+  takes one token [B, 1] per call and updates the state; 'extend' takes S more tokens
+  [B, S] in parallel after those the state holds (a long text in segments). `cache_len`
+  bounds the length for full attention's KV cache; the latent state has a fixed size.
   """
 
   cfg: ModelConfig

@@ -239,15 +239,15 @@ def _residual_shapes(f, *args) -> set[tuple[int, ...]]:
 def test_expand_step_keeps_no_scores_for_the_backward_pass():
   """The backward pass recomputes the expand step's [C, C] and [C, M] scores (jax.checkpoint)
   instead of keeping them; the gradients equal those of the kept form."""
-  from latent_flax.attention import causal_latent
+  from latent_flax.attention import prefix_scan
   B, K, H, C, M, d = 1, 4, 2, 8, 3, 4
   rng = np.random.default_rng(0)
   shapes = [(B, K, H, C, d), (B, K, H, M, d), (B, K, H, M, d), (B, K, H, C, d), (B, K, H, C, d)]
   args = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
   loss = lambda f: lambda *a: (f(*a, None, None, False) ** 2).sum()
   scores = {(B, K, H, C, C), (B, K, H, C, M)}
-  assert _residual_shapes(loss(causal_latent._expand), *args) & scores  # kept without it
-  assert not _residual_shapes(loss(causal_latent._expand_recomputed), *args) & scores
+  assert _residual_shapes(loss(prefix_scan._expand), *args) & scores  # kept without it
+  assert not _residual_shapes(loss(prefix_scan._expand_recomputed), *args) & scores
   grads = [jax.grad(loss(f), argnums=range(5))(*args)
-           for f in (causal_latent._expand, causal_latent._expand_recomputed)]
+           for f in (prefix_scan._expand, prefix_scan._expand_recomputed)]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), *grads)

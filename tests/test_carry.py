@@ -10,6 +10,7 @@ import pytest
 
 from latent_flax import config_lib, trainer
 from latent_flax import model as model_lib
+from latent_flax.experiments import report as report_lib
 from latent_flax.training import checkpoint
 from tests import helpers
 from latent_flax.attention import registry
@@ -191,6 +192,8 @@ def test_a_stop_in_the_middle_of_documents_resumes_to_the_same_params(tmp_path, 
   for a, b in zip(jax.tree.leaves(helpers.restored_params(whole, config)[0]),
                   jax.tree.leaves(helpers.restored_params(split, config)[0])):
     np.testing.assert_array_equal(a, b)
+  # Reports say the run carried its state.
+  assert report_lib.read_run(str(split))['label'].endswith(' carried')
   # The state at step 4 was saved and is what the resumed run read.
   mngr = checkpoint.manager(str(split), config, read_only=True)
   assert 'carry' in mngr.item_metadata(8)

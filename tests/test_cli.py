@@ -9,6 +9,8 @@ import pytest
 
 from tests.helpers import train_argv, write_config_module
 
+pytestmark = pytest.mark.slow  # every test here starts the entry points as child processes
+
 
 @pytest.mark.parametrize('case,args,message', [
     ('unknown field', ['--config.model.foo=1'], r"--config.model.foo: 'foo' is not a config field"),

@@ -232,6 +232,7 @@ def _write_docs(out_dir, fail_after=None):
     yield bytes([65 + i]) * (10 + i)
 
 
+@pytest.mark.slow  # starts child processes
 def test_split_is_prepared_once_atomically_and_other_processes_wait(tmp_path):
   cache, marks = tmp_path / 'cache', tmp_path / 'marks'
   marks.mkdir()

@@ -77,6 +77,22 @@ def test_prefill_leaves_the_state_of_one_by_one_feeding(kind, prompt_len):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize('kind', KINDS)
+def test_extend_by_one_token_equals_a_step(kind):
+  """The two decoding paths for one token ('step', kept because it is the faster, and
+  'extend' of length 1) give the same logits and leave the same state, across chunk ends."""
+  model, params, tokens = _model(kind)
+  (_, cache_a), (_, cache_b) = (decode.prefill(model, params, tokens[:, :2], cache_len=N)
+                                for _ in range(2))
+  for t in range(2, 2 * C + 2):
+    logits_a, cache_a = decode.decode_step(model, params, cache_a, tokens[:, t])
+    logits_b, cache_b = decode.extend(model, params, cache_b, tokens[:, t:t + 1])
+    np.testing.assert_allclose(logits_b[:, 0], logits_a, atol=1e-5, rtol=1e-5, err_msg=f'{t}')
+  assert jax.tree.structure(cache_a) == jax.tree.structure(cache_b)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(cache_a), jax.tree.leaves(cache_b)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
 def test_latent_state_size_is_constant_and_kv_cache_grows():
   model, params, tokens = _model('causal_latent')
   sizes = {decode.state_bytes(decode.prefill(model, params, tokens[:, :n], cache_len=n)[1])

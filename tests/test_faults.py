@@ -19,6 +19,8 @@ from latent_flax.evaluation import runs
 from tests import helpers
 from tests.helpers import Child, train_argv, write_config_module
 
+pytestmark = pytest.mark.slow  # every test here trains in child processes
+
 STEPS = 10
 TIMING = ('steps_per_sec', 'tokens_per_sec', 'elapsed_s', 'peak_memory_mb')  # differ run to run
 OVERRIDES = dict(num_train_steps=STEPS, log_every_steps=1, checkpoint_every_steps=3,
@@ -221,9 +223,136 @@ def test_eval_prints_its_result_even_when_it_cannot_save_it(straight, children, 
   workdir = tmp_path / 'unsaveable'
   shutil.copytree(reference, workdir)
   (workdir / f'eval_step_{STEPS}.json').mkdir()  # the JSON's path cannot be written
-  child = children(['eval.py', f'--workdir={workdir}'])
+  child = children(['eval.py', f'--workdir={workdir}', '--num_eval_steps=0'])
   assert child.finish() == 1
   assert any(re.match(rf'step {STEPS}  loss [\d.]+ nats/byte  bits/byte', l) for l in child.lines)
   errors = [l for l in child.lines if l.startswith('eval.py:')]
   assert len(errors) == 1 and 'the result above was not saved' in errors[0], child.lines[-5:]
   assert not list(workdir.glob('*.tmp'))
+
+
+def _one_error(child, prog='train.py') -> str:
+  errors = [l for l in child.lines if l.startswith(f'{prog}:')]
+  assert len(errors) == 1, child.lines[-10:]
+  assert not any(l.startswith('Traceback') for l in child.lines)
+  return errors[0]
+
+
+def test_nan_in_the_evaluation_stops_before_that_checkpoint_and_keeps_the_good_one(
+    straight, children, tmp_path):
+  """weight_decay=1e30: the training loss (of the parameters before the update) stays
+  finite, the updated parameters evaluate to NaN. With one checkpoint kept, saving that
+  step would have deleted the good ones and made it the best."""
+  config_path, reference = straight
+  workdir = tmp_path / 'nan'
+  shutil.copytree(reference, workdir)
+  before = _checkpoint_dirs(workdir)
+  child = children(train_argv(config_path, str(workdir), f'--config.num_train_steps={STEPS + 1}',
+                              '--config.weight_decay=1e30', '--config.keep_checkpoints=1'))
+  assert child.finish() == 2
+  error = _one_error(child)
+  assert re.search(rf'the evaluation loss is nan at step {STEPS + 1}; stopped without saving '
+                   rf'that step\. The last good checkpoint is step {STEPS} in ', error), error
+  assert _checkpoint_dirs(workdir) == before
+  config = runs.workdir_config(str(workdir))
+  assert runs.restore_checkpoint(str(workdir), config, 'best').step == STEPS
+  _assert_same_run(str(workdir), reference)
+
+
+def _saved_data_state(workdir, step):
+  with open(os.path.join(workdir, 'checkpoints', str(step), 'data', 'metadata')) as f:
+    return json.load(f)
+
+
+def test_resume_with_another_global_batch_goes_on_at_the_same_sample_or_is_refused(
+    straight, children, tmp_path):
+  from latent_flax import tasks
+  from latent_flax.tasks import data as data_lib
+  config_path, reference = straight
+  workdir = tmp_path / 'regrouped'
+  shutil.copytree(reference, workdir)
+  config_before = (workdir / 'config.json').read_text()
+  assert _saved_data_state(reference, STEPS)['global_batch'] == 8  # 4 devices x 2
+  # 4 devices x 3 = 12 does not divide the 80 samples read: refused before anything is written.
+  refused = children(train_argv(config_path, str(workdir), '--config.per_device_batch_size=3',
+                                f'--config.num_train_steps={STEPS + 2}'))
+  assert refused.finish() == 2
+  error = _one_error(refused)
+  assert ('global batch of 8, at sample 80 of the training stream' in error
+          and 'per_device_batch_size=3 on 4 device(s)' in error and 'does not divide it' in error)
+  assert (workdir / 'config.json').read_text() == config_before
+  # 2 devices x 2 = 4 divides it: batch 20 of 4 is where batch 10 of 8 was.
+  resumed = _run_to_end(children, train_argv(config_path, str(workdir),
+                                             f'--config.num_train_steps={STEPS + 2}'),
+                        devices=2)
+  line = next(l for l in resumed.lines if l.startswith('Resuming'))
+  assert ('(data position 20; the global batch is now 4 (config.per_device_batch_size=2 on 2 '
+          'device(s), was 8): the same sample 80 is batch 20)') in line, line
+  assert {k: _saved_data_state(workdir, STEPS + 2)[k] for k in ('position', 'global_batch')} == {
+      'position': 22, 'global_batch': 4}
+  source = tasks.load(runs.workdir_config(str(workdir)).data, 'train')
+  by_8, by_4 = (data_lib.TrainIterator(source, b, 0) for b in (8, 4))
+  np.testing.assert_array_equal(np.concatenate([by_4.sample_ids(20), by_4.sample_ids(21)]),
+                                by_8.sample_ids(10))
+
+
+def test_eval_takes_overrides_of_the_runs_config_but_no_model_field(straight, children,
+                                                                    tmp_path):
+  _, reference = straight
+  workdir = tmp_path / 'evaluated'
+  shutil.copytree(reference, workdir)
+  refused = children(['eval.py', f'--workdir={workdir}', '--config.model.chunk_size=16'])
+  assert refused.finish() == 2
+  assert 'was trained with model.chunk_size=8, the config given has 16' in _one_error(
+      refused, 'eval.py')
+  misspelled = children(['eval.py', f'--workdir={workdir}', '--config.model.chunk_sise=16'])
+  assert misspelled.finish() == 2
+  assert "has no field 'model.chunk_sise'" in _one_error(misspelled, 'eval.py')
+  assert not list(workdir.glob('eval*'))
+  # How it runs may differ: one window per device per batch, the whole split.
+  (workdir / f'eval_step_{STEPS}.json').write_text('{}')  # an earlier whole-split result
+  child = _run_to_end(children, ['eval.py', f'--workdir={workdir}', '--num_eval_steps=0',
+                                 '--config.per_device_batch_size=1'])
+  with open(workdir / f'eval_step_{STEPS}.json') as f:
+    result = json.load(f)
+  assert result['global_batch'] == 4 and result['model']['chunk_size'] == 8
+  assert result['tokens'] == result['split_tokens'] == 32 * result['split_windows']
+  assert f"  over all {result['split_tokens']:,} bytes of the validation split" in '\n'.join(
+      child.lines)
+  assert child.lines[-1].endswith('(replacing the earlier result of the same evaluation)')
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
+def test_a_stop_during_corpus_preparation_leaves_no_partial_file(children, tmp_path, sig,
+                                                                  capsys):
+  from latent_flax import tasks
+  config_path = write_config_module(tmp_path, **OVERRIDES)
+  cache, marker = tmp_path / 'cache', tmp_path / 'preparing'
+  argv = train_argv(config_path, str(tmp_path / 'run'), f'--config.data.cache_dir={cache}')
+  child = children(['-m', 'tests.hang_prepare'] + argv[1:],
+                   extra_env={'LF_HANG_MARKER': str(marker)})
+  deadline = time.time() + 240
+  while not marker.exists() and child.proc.poll() is None and time.time() < deadline:
+    time.sleep(0.2)
+  assert marker.exists(), '\n'.join(child.lines[-20:])
+  time.sleep(0.2)  # the marker is written whole
+  partial = marker.read_text()
+  assert os.path.getsize(partial) > 0 and '.tmp' in partial
+  child.proc.send_signal(sig)
+  rc = child.finish()
+  if sig == signal.SIGTERM:  # said in one line, nothing left
+    assert rc == 128 + signal.SIGTERM
+    assert [l for l in child.lines if l.startswith('Stopped by SIGTERM while preparing the '
+                                                   "train split of 'text_files'")]
+    assert not any(l.startswith('Traceback') for l in child.lines)
+    assert not os.path.exists(partial)
+    return
+  assert rc == -signal.SIGKILL and os.path.exists(partial)
+  # The next preparation removes what the killed one left, and prepares the split whole.
+  config = helpers.tiny_config(tmp_path, **OVERRIDES, **{'data.cache_dir': str(cache)})
+  capsys.readouterr()
+  windows = tasks.load(config.data, 'train')
+  assert not os.path.exists(partial)
+  assert f'Removed {partial} (' in capsys.readouterr().err
+  assert not [f for f in os.listdir(cache / 'corpora') if '.tmp' in f]
+  assert len(windows.data) == os.path.getsize(config.data.path) * 90 // 100  # train: 90%

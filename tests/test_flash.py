@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from latent_flax import model as model_lib
-from latent_flax.attention import flash
+from latent_flax.attention import flash, primitives
 
 BLOCK = 16  # small blocks, so that short test sequences span several
 
@@ -106,3 +106,29 @@ def test_full_attention_module_gives_the_same_model_with_either_core(causal):
     params = models['naive'].init(jax.random.key(1), tokens, mask)['params']
     out = {i: m.apply({'params': params}, tokens, mask) for i, m in models.items()}
   np.testing.assert_allclose(out['blockwise'], out['naive'], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.parametrize('impl', ['blockwise', 'cudnn'])
+def test_cores_agree_in_bfloat16(impl, causal):
+  """Each core on bfloat16 inputs equals the float32 naive path on the same (rounded)
+  inputs within bfloat16's resolution, values and gradients: blockwise everywhere, cuDNN's
+  fused attention on a GPU (benchmarks/accelerator_check.py runs this there)."""
+  if impl == 'cudnn' and jax.default_backend() != 'gpu':
+    pytest.skip("cuDNN's fused attention needs a GPU")
+  q, k, v, w = (x.astype(jnp.bfloat16) for x in _qkv(2, 128, 4, 64, seed=7))
+  core = lambda impl, dtype: lambda q, k, v: primitives.attention_core(
+      q.astype(dtype), k.astype(dtype), v.astype(dtype), impl=impl, is_causal=causal
+  ).astype(jnp.float32)
+  fast, reference = core(impl, jnp.bfloat16), core('naive', jnp.float32)
+
+  def within_bfloat16(got, want):  # 16 units of bfloat16's last place (2^-8) of the scale;
+    scale = float(np.max(np.abs(np.asarray(want))))  # blockwise is within 2^-7 on CPU
+    err = float(np.max(np.abs(np.asarray(got, np.float32) - np.asarray(want))))
+    assert err <= 2 ** -4 * scale, (err, scale)
+
+  within_bfloat16(jax.jit(fast)(q, k, v), reference(q, k, v))
+  grads = [jax.jit(jax.grad(lambda *a, f=f: jnp.sum(f(*a) * w), argnums=(0, 1, 2)))(q, k, v)
+           for f in (fast, reference)]
+  for got, want in zip(*grads):
+    within_bfloat16(got, want)

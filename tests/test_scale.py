@@ -57,6 +57,7 @@ def _step_losses(tmp_path, mesh, attention='causal_latent', **overrides):
   return losses
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize('attention,meshes', [
     ('causal_latent', [(1, 4, 1), (1, 1, 4), (1, 2, 2)]),
     ('causal_latent:latent_decay=multiscale', [(2, 1, 2)]),
@@ -98,6 +99,7 @@ def _per_device_bytes(shardings_tree, shapes_tree) -> int:
              for sh, s in zip(jax.tree.leaves(shardings_tree), jax.tree.leaves(shapes_tree)))
 
 
+@pytest.mark.slow  # compiles three train steps at 4,096 positions
 def test_state_and_activation_bytes_per_device_drop_as_the_axes_grow(tmp_path):
   config = helpers.tiny_config(tmp_path)
   config.model.update(emb_dim=64, num_heads=4, chunk_size=32, num_latents=8, mlp_dim=128)
@@ -122,6 +124,7 @@ def test_state_and_activation_bytes_per_device_drop_as_the_axes_grow(tmp_path):
       temp_bytes)
 
 
+@pytest.mark.slow  # trains
 def test_checkpoint_of_one_mesh_restores_onto_another(tmp_path):
   straight, workdir = _run(tmp_path, 'moved', (4, 1, 1), steps=STEPS)
   shutil.rmtree(workdir / 'checkpoints' / str(STEPS))  # as if stopped after step 2
@@ -163,6 +166,7 @@ def test_bad_mesh_gives_one_line_before_anything_is_written(tmp_path):
   assert sharding.fsdp_spec((6, 3), 4) == jax.sharding.PartitionSpec()
 
 
+@pytest.mark.slow  # trains in child processes
 def test_sequence_parallel_over_two_processes_equals_one(children, tmp_path):
   """Mesh (1, 1, 4) on 2 processes of 2 devices: every process reads all rows and places
   the positions of its own devices; the losses are those of 1 process of 4 devices."""

@@ -21,6 +21,7 @@ def test_four_devices_are_used():
   assert jax.device_count() == 4
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize('attention', ['causal_latent', 'full'])
 def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   workdir = str(tmp_path / 'run')
@@ -73,7 +74,8 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
 
   result = runs.evaluate_checkpoint(workdir, step=6)
   assert result["step"] == 6 and result['bits_per_byte'] == pytest.approx(result['loss'] / np.log(2))
-  assert os.path.exists(os.path.join(workdir, 'eval_step_6.json'))
+  assert os.path.exists(os.path.join(  # num_eval_steps=2 batches of 8: a subset, so named
+      workdir, f"eval_first16of{result['split_windows']}windows_step_6.json"))
   assert set(result['loss_by_position']) == {'0-31'}
   assert list(result['bits_by_context']) == ['1-1', '2-3', '4-7', '8-15', '16-32']
   # At 4x the training length on document-aligned windows, streamed in segments of 20
@@ -97,6 +99,7 @@ def test_train_checkpoint_resume_evaluate(tmp_path, attention, monkeypatch):
   assert sample['step'] == 9 and len(sample['samples']) == 2 and sample['state_bytes'] > 0
 
 
+@pytest.mark.slow  # trains
 def test_loss_falls_on_a_learnable_corpus(tmp_path):
   config = tiny_config(tmp_path, num_train_steps=40, log_every_steps=5, eval_every_steps=40,
                        checkpoint_every_steps=40, warmup_steps=5)
@@ -105,6 +108,7 @@ def test_loss_falls_on_a_learnable_corpus(tmp_path):
   assert losses[0] > 4.0 and losses[-1] < 0.6 * losses[0], losses
 
 
+@pytest.mark.slow  # trains
 def test_pmap_and_jit_give_the_same_params(tmp_path):
   runs, losses = {}, {}
   for kind, every in (('pmap', 1), ('jit', 1), ('pmap', 2)):

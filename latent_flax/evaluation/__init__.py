@@ -1,2 +1,3 @@
 """Evaluation: parameters scored on a task's sets (evaluator), decoding and streaming through
-the fixed-size state (decode), and a training run read back from its workdir (runs)."""
+the fixed-size state (decode), a training run read back from its workdir (runs), and
+probes of what a trained model does inside (probes)."""

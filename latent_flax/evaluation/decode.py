@@ -1,4 +1,8 @@
-"""Autoregressive generation: prefill a prompt in parallel, then one token per step.
+"""Autoregressive generation and streaming over the model's three decoding modes.
+
+  decode='prefill'  the parallel pass over a prompt, writing each layer's state: `prefill`
+  decode='step'     one token per sequence against the state: `decode_step`, `generate`
+  decode='extend'   S more tokens per sequence in parallel after the state: `extend`, `stream`
 
 Per layer, causal_latent keeps a fixed-size state of O((M + C) * D) numbers (the
 running compress triple, the expand keys/values of the last finished chunk's
@@ -9,6 +13,7 @@ O(cache_len * D + D^2) for full attention.
 
     logits_BV, cache = prefill(model, params, prompt_BP, cache_len)
     logits_BV, cache = decode_step(model, params, cache, token_B)
+    logits_BSV, cache = extend(model, params, cache, tokens_BS)
     new_BT = generate(model, params, prompt_BP, 200, jax.random.key(0), Sampling(0.8, top_p=0.95))
 """
 

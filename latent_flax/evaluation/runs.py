@@ -1,9 +1,20 @@
 """A training run read back from its workdir: its config, its checkpoint evaluated on the
-task's evaluation sets (the result written as JSON), and text sampled from it."""
+task's evaluation sets (the result written as JSON), and text sampled from it.
+
+A config given instead of the workdir's config.json (or overrides on top of it) may change
+how an evaluation runs (batch size, num_eval_steps, data.seq_len, model.attention_impl,
+the data evaluated) but not the model's fields: those are refused in one line naming the
+field, since the checkpoint would compute another function. An evaluation's JSON records
+the model and data settings and how much of the split it covered; its name records what
+was evaluated (split, data other than the run's, length, windows, streaming, a subset).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import time
 from typing import NamedTuple
 
@@ -40,15 +51,83 @@ def restore_checkpoint(workdir: str, config: ml_collections.ConfigDict,
 
 def workdir_config(workdir: str, config: ml_collections.ConfigDict | None = None
                    ) -> ml_collections.ConfigDict:
-  """`config`, or the one saved in workdir, validated; one clear line if there is none."""
+  """`config`, or the one saved in workdir, validated; one clear line if there is none, or
+  if `config` gives the model other fields than the saved one (check_same_model)."""
   if not workdir or not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir!r} does not exist; give the directory train.py wrote.")
+  saved = config_lib.load_saved_config(workdir)
   if config is None:
-    config = config_lib.load_saved_config(workdir)
+    config = saved
     if config is None:
       raise ValueError(f"{workdir} has no config.json: it is not a latent-flax training workdir.")
   config_lib.validate_config(config)
+  if saved is not None and config is not saved:
+    check_same_model(saved, config, workdir)
   return config
+
+
+def model_fields(*configs: ml_collections.ConfigDict) -> dict[str, object]:
+  """{field: default} of the model fields that decide the parameters' shapes or what they
+  compute, for the attention kinds of `configs` (a saved config that predates a field
+  had its default)."""
+  defaults = model_lib.ModelConfig()
+  names = model_lib.SHAPE_FIELDS + model_lib.FUNCTION_FIELDS
+  for c in configs:
+    kind = attention_registry.get(c.model.attention)
+    names += kind.function_fields + kind.shape_fields
+  return {k: getattr(defaults, k) for k in dict.fromkeys(names)}
+
+
+def check_same_model(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
+                     workdir: str) -> None:
+  """One line naming the first model field `config` sets otherwise than the run did."""
+  for k, default in model_fields(saved, config).items():
+    was, now = saved.model.get(k, default), config.model.get(k, default)
+    if was != now:
+      raise ValueError(
+          f"{workdir} was trained with model.{k}={was!r}, the config given has {now!r}: its "
+          "checkpoints would compute another function; keep the run's model fields (batch "
+          "size, num_eval_steps, data.seq_len, data and model.attention_impl may differ).")
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str, str]]
+                   ) -> ml_collections.ConfigDict:
+  """A copy of `config` with ('model.chunk_size', '16') pairs applied, each value typed as
+  the field's current one; one line for a field the config does not have."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for dotted, text in overrides:
+    found = config_lib.find_field(config, dotted)
+    if found is None:
+      raise ValueError(f"--config.{dotted}: the run's config.json has no field {dotted!r}; "
+                       "the fields and their defaults are in configs/base.py and "
+                       "latent_flax/model.py (ModelConfig).")
+    node, leaf = found
+    node[leaf] = config_lib.parse_value(text, node[leaf], f"--config.{dotted}")
+  return config
+
+
+def coverage(source, tokens: int, global_batch: int, num_batches: int | None) -> dict:
+  """How much of its split an evaluation of `source` (data.Windows or data.Examples) in
+  `num_batches` batches (None or <= 0: all) scored: windows (examples) and weighted
+  targets, each of the whole split's. `tokens`: the targets the evaluation scored."""
+  total = source.num_windows
+  evaluated = total if not num_batches or num_batches <= 0 else min(total,
+                                                                    num_batches * global_batch)
+  if evaluated == total:
+    split_tokens = tokens
+  elif isinstance(source, data_lib.Examples):
+    split_tokens = int(np.sum(source.arrays['weights']))
+  else:  # data.Windows: every target of every window is weighed
+    split_tokens = total * source.seq_len
+  return {'evaluated_windows': int(evaluated), 'split_windows': int(total),
+          'split_tokens': int(split_tokens)}
+
+
+def over(tokens: int, split_tokens: int, unit: str) -> str:
+  """'over 512 of 3,584 bytes', or 'over all 3,584 bytes' for the whole split."""
+  if tokens == split_tokens:
+    return f"over all {split_tokens:,} {unit}"
+  return f"over {tokens:,} of {split_tokens:,} {unit}"
 
 
 def evaluation_config(config: ml_collections.ConfigDict, *, seq_len: int | None = None,
@@ -85,14 +164,20 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
                         windows: str | None = None, stream_segment: int | None = None) -> dict:
   """Restores `step` (default: latest) from workdir, evaluates `split`, writes its JSON.
 
-  The JSON is workdir/eval_step_<S>.json for the validation split and
+  num_eval_steps: batches evaluated (0: the whole split; None: the config's).
+  The JSON is workdir/eval_step_<S>.json for the whole validation split and
   eval_<split>_step_<S>.json for another (result['path']; with write=False the caller
-  writes it); an evaluation at another length, on document-aligned windows or streamed
-  adds `_L<len>`, `_documents`, `_stream<S>` to the name. The task adds its own results
-  (MQAR: `recall_accuracy`, `recall_by_pairs`, `recall_across_chunks_by_pairs`).
+  writes it). Data other than the run's adds `_<name>-<hash of its fields>` to the name; an
+  evaluation at another length, on document-aligned windows or streamed `_L<len>`,
+  `_documents`, `_stream<S>`; one of the first W of the split's T windows (examples)
+  `_first<W>of<T>windows`. The JSON records the model and data fields and the coverage
+  (`tokens` of `split_tokens`). The task adds its own results (MQAR: `recall_accuracy`,
+  `recall_by_pairs`, `recall_across_chunks_by_pairs`).
   """
   config = workdir_config(workdir, config)
-  trained_len = config.data.seq_len
+  saved = config_lib.load_saved_config(workdir)
+  saved = config if saved is None else saved
+  trained_len = saved.data.seq_len
   config = evaluation_config(config, seq_len=seq_len, windows=windows,
                              stream_segment=stream_segment)
   task = tasks.get(config.data.name)
@@ -103,19 +188,39 @@ def evaluate_checkpoint(workdir: str, step: int | str | None = None,
   n = config.num_eval_steps if num_eval_steps is None else num_eval_steps
   result = evaluator.evaluate(restored.parallel, restored.state.params, task, sets, main,
                                global_batch, n, stream_segment=stream_segment)
+  covered = coverage(sets[main], result['tokens'], global_batch, n)
   result = {'step': restored.step, 'dataset': config.data.name, 'split': split,
             'seq_len': config.data.seq_len, 'trained_seq_len': trained_len,
             'windows': config.data.get('eval_windows', 'stream'),
-            'stream_segment': stream_segment, **result}
+            'stream_segment': stream_segment, 'num_eval_steps': n,
+            'global_batch': global_batch, **covered, **result,
+            'model': config.model.to_dict(), 'data': config.data.to_dict()}
   name = 'eval' if split == 'validation' else f'eval_{split}'
-  name += '' if seq_len is None else f'_L{seq_len}'
+  name += _other_data(saved.data, config.data)
+  name += '' if config.data.seq_len == trained_len else f'_L{config.data.seq_len}'
   name += '_documents' if result['windows'] == 'documents' else ''
   name += '' if stream_segment is None else f'_stream{stream_segment}'
+  if covered['evaluated_windows'] < covered['split_windows']:
+    name += f"_first{covered['evaluated_windows']}of{covered['split_windows']}windows"
   path = os.path.join(workdir, f'{name}_step_{restored.step}.json')
   if write and jax.process_index() == 0:
     io_utils.write_json(path, result)
     plot_by_context(result, path[:-len('.json')] + '.png')
   return {**result, 'path': path}
+
+
+# Data fields that say where data is kept or how it is cut for evaluation (named apart),
+# not which data it is.
+_DATA_PLACE = ('seq_len', 'eval_windows', 'cache_dir', 'data_dir')
+
+
+def _other_data(trained: ml_collections.ConfigDict, data: ml_collections.ConfigDict) -> str:
+  """'' for the run's own data, else '_<name>-<6 hex digits of its fields>'."""
+  chosen = {k: v for k, v in data.to_dict().items() if k not in _DATA_PLACE}
+  if chosen == {k: v for k, v in trained.to_dict().items() if k not in _DATA_PLACE}:
+    return ''
+  digest = hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()
+  return f"_{re.sub(r'[^A-Za-z0-9_.-]', '_', data.name)}-{digest[:6]}"
 
 
 def plot_by_context(result: dict, path: str) -> str | None:

@@ -28,7 +28,7 @@ import ml_collections
 from latent_flax import config_lib
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
-from latent_flax.evaluation import decode
+from latent_flax.evaluation import decode, retrieval
 from latent_flax.system import io_utils
 from latent_flax.tasks import registry as task_registry
 
@@ -140,10 +140,13 @@ def read_run(workdir: str) -> dict[str, Any]:
   kind = attention_registry.get(config.model.attention)
   evals = [m for m in metrics if 'eval_loss' in m]
   fields = kind.field_values(config.model)
+  # Trained past the window: each row read its documents in turn, the state carried.
+  carried = ' carried' if config.get('carry_state') else ''
   return dict(
       run=os.path.basename(os.path.normpath(workdir)), config=config, task=task,
       metrics=metrics, evals=evals, attention=config.model.attention,
-      label=kind.label(config.model), variant=kind.label(config.model, without=_OWN_COLUMNS),
+      label=kind.label(config.model) + carried,
+      variant=kind.label(config.model, without=_OWN_COLUMNS) + carried,
       has_latents=kind.has_latents, num_latents=fields.get('num_latents', ''),
       num_heads=config.model.num_heads, chunk_size=fields.get('chunk_size', ''),
       steps=config.num_train_steps, seed=config.seed, num_params=num_params(config),
@@ -319,7 +322,9 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         line_name=task.extras_line_name if by_result else lines.split('.')[-1],
         title_suffix=task.eval_extras[lines][1] if by_result else '',
         line=config_lib.get_field(config, lines, None), eval_bits_per_byte=bpb,
-        eval_accuracy=accuracy, **_decoding_footprint(config, task))
+        eval_accuracy=accuracy, **_decoding_footprint(config, task),
+        # probe.py's results: mean exact retrieval over its grid, by probe and haystack
+        probes={k: r['mean_accuracy'] for k, r in retrieval.latest_results(run).items()})
     if by_result:
       rows.extend({**row, 'line': int(p), 'eval_accuracy': a,
                    'curves': {'eval_accuracy': [(m['step'], m[f'eval_{lines}'][p])
@@ -368,10 +373,13 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
   paths = [os.path.join(out_dir, n) for n in
            ('report.md', 'report.csv', f'{short}_vs_m.png', 'tokens_per_sec_vs_m.png',
             f'{short}_vs_step.png')]
+  probes = sorted({k for r in rows for k in r.get('probes', {})})
   with open(paths[1], 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS, extrasaction='ignore')
+    w = csv.DictWriter(f, fieldnames=SWEEP_COLUMNS + tuple(f'probe_{k}' for k in probes),
+                       extrasaction='ignore')
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({**r, **{f'probe_{k}': v for k, v in r.get('probes', {}).items()}}
+                for r in rows)
   extra = lines_key != 'model.num_heads'
   lm = any(r['cache_bytes_per_token'] != '' for r in rows)
   seeded = len({r['seed'] for r in rows}) > 1
@@ -379,7 +387,8 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
       [line_name] if extra else []) + [
       'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
       'tokens/s', 'peak memory (MiB)', 'wall (s)'] + (
-      ['decoding cache (B/token)', 'fixed state (KiB)'] if lm else [])
+      ['decoding cache (B/token)', 'fixed state (KiB)'] if lm else []) + [
+      f'{k} retrieval (probe.py)' for k in probes]
   lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     unfinished = '' if r['done'] else f" (unfinished, step {r['step']})"
@@ -392,6 +401,7 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
     if lm:
       cells += ['', ''] if r['state_bytes'] == '' else [
           f"{r['cache_bytes_per_token']:,.0f}", f"{r['state_bytes'] / 1024:,.1f}"]
+    cells += [f"{r['probes'][k]:.3f}" if k in r.get('probes', {}) else '' for k in probes]
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   if seeded:
     best = 'lowest' if metric == 'eval_bits_per_byte' else 'highest'

@@ -4,6 +4,9 @@
   corpus.py    byte language modelling on 'stdlib', 'text_files', 'tfds:<name>'
   mqar.py      multi-query associative recall; recall by pairs and across chunks
   listops.py   ListOps classification (Long Range Arena)
+  passkey.py, babi.py  retrieval probes (a pass key, bAbI facts) hidden in a haystack:
+               tasks of their own, and mixed into a corpus's windows (haystack.py)
+  books.py     lays the shared books out as a corpus with its own splits
   data.py      batching that knows no task by name: bytes, windows, examples, the order
   byte_cache.py, tfds_source.py  corpus splits prepared once on disk; local tfds datasets
 """
@@ -13,6 +16,7 @@ from latent_flax.tasks import registry
 from latent_flax.tasks.registry import Task, get, names, register
 
 from latent_flax.tasks import corpus, listops, mqar  # noqa: E402,F401  (they register)
+from latent_flax.tasks import babi, passkey  # noqa: E402,F401  (tasks and probes: they register)
 
 
 def load(data_config, split: str):

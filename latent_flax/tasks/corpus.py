@@ -8,12 +8,17 @@ then cut into data.Windows of seq_len + 1 bytes at stride seq_len.
                 a local tfds builder (no download), 95/5 train/validation by path hash.
   'stdlib_long' the stdlib files of at least 32 KB, one document each, split 70/30 by
                 path hash (long-context evaluation: --windows=documents).
-  'text_files'  `config.data.path`: a file, folder or glob. One file: first 90% of
-                bytes train, last 10% validation; several files: split by path hash.
+  'text_files'  `config.data.path`: a file, folder or glob. A folder holding train/ and
+                validation/ (and test/) subfolders: those are the splits (PG-19's
+                layout; tasks/books.py lays the shared books out so). Else one file:
+                first 90% of bytes train, last 10% validation; several files: split by
+                path hash.
   'tfds:NAME'   any tfds catalog text dataset already in `config.data.data_dir`,
                 text taken from feature `config.data.text_key`.
 
-Metric: bits per byte (lower is better).
+Metric: bits per byte (lower is better). A 'test' split exists for split folders and
+tfds catalogs that have one. config.data.<probe>_rate (passkey_rate, babi_rate) mixes
+retrieval probe documents into the training windows (tasks/haystack.py).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 
 from latent_flax.tasks import data as data_lib
 from latent_flax.system.checks import need_int
-from latent_flax.tasks import byte_cache, registry, tfds_source
+from latent_flax.tasks import byte_cache, haystack, registry, tfds_source
 
 # How evaluation cuts a split: 'stream', windows at stride seq_len over the documents
 # joined (a window may hold the end of one and the start of the next); 'documents', the
@@ -40,6 +45,7 @@ VALIDATION_PERCENT_STDLIB = 5
 LONG_DOCUMENT_BYTES = 32768   # 'stdlib_long': the stdlib files at least this long
 VALIDATION_PERCENT_LONG = 30
 VALIDATION_PERCENT_FILES = 10
+SPLIT_FOLDERS = ('train', 'validation', 'test')  # a text_files folder's own splits
 
 
 def _path_hash(path: str) -> int:
@@ -152,6 +158,24 @@ def _stdlib_long(data_config, split: str) -> list[bytes]:
   return [docs[p] for p in (val if split == 'validation' else train)]
 
 
+def _files_under(folder: str) -> list[str]:
+  return sorted(f for f in glob.glob(os.path.join(folder, '**', '*'), recursive=True)
+                if os.path.isfile(f))
+
+
+def _split_folder_parts(path: str, split: str) -> list[byte_cache.FilePart]:
+  """The files of `path`/`split`/ (a folder with its own splits), one document each."""
+  folder = os.path.join(path, split)
+  if not os.path.isdir(folder):
+    given = [s for s in SPLIT_FOLDERS if os.path.isdir(os.path.join(path, s))]
+    raise ValueError(f"config.data.path={path!r} has split folders {given} but no {split}/; "
+                     f"add {folder} or evaluate another split.")
+  files = _files_under(folder)
+  if not files:
+    raise ValueError(f"{folder} holds no file; put the {split} split's text files there.")
+  return [byte_cache.FilePart(os.path.realpath(f), 0, os.path.getsize(f)) for f in files]
+
+
 def _text_file_parts(data_config, split: str) -> list[byte_cache.FilePart]:
   """The split's documents as file parts (nothing read yet)."""
   path = data_config.get('path') or ''
@@ -159,9 +183,13 @@ def _text_file_parts(data_config, split: str) -> list[byte_cache.FilePart]:
     raise ValueError("config.data.name='text_files' needs config.data.path "
                      "(a file, a folder or a glob).")
   pattern = os.path.expanduser(path)
+  if os.path.isdir(os.path.join(pattern, 'train')):
+    return _split_folder_parts(pattern, split)
+  if split not in ('train', 'validation'):
+    raise ValueError(f"config.data.path={path!r} has no {split} split: only a folder with "
+                     "train/, validation/ and test/ subfolders has one.")
   if os.path.isdir(pattern):
-    files = sorted(f for f in glob.glob(os.path.join(pattern, '**', '*'), recursive=True)
-                   if os.path.isfile(f))
+    files = _files_under(pattern)
   else:
     files = sorted(f for f in glob.glob(pattern, recursive=True) if os.path.isfile(f))
   if not files:
@@ -189,6 +217,8 @@ def _catalog(data_config, split: str):
   tfds_split = split
   if split == 'validation' and 'validation' not in splits and 'test' in splits:
     tfds_split = 'test'
+  if splits and tfds_split not in splits:  # (tfds's mock data lists no splits)
+    raise ValueError(f"tfds dataset {name!r} has splits {sorted(splits)}, no {split!r}.")
   key = data_config.get('text_key') or 'text'
   spec = builder.info.features
   if key not in spec:
@@ -201,10 +231,13 @@ def _catalog(data_config, split: str):
 
 
 def prepared_split(data_config, split: str) -> byte_cache.PreparedSplit:
-  """`split` ('train' or 'validation') prepared once into a byte file and mapped."""
+  """`split` ('train', 'validation', or 'test' where there is one) prepared once into a
+  byte file and mapped."""
   name = data_config.name
   key = {'name': name, 'split': split}
   if name in ('stdlib', 'stdlib_long'):
+    if split not in ('train', 'validation'):
+      raise ValueError(f"data set {name!r} has no {split} split; use 'validation'.")
     builder_cls = stdlib_builder_class()
     key.update(stdlib=builder_cls.BUILDER_CONFIGS[0].name, version=str(builder_cls.VERSION),
                data_dir=_tfds_data_dir(data_config) or '')
@@ -249,6 +282,7 @@ class Corpus(registry.Task):
   """Next-byte prediction on windows of a corpus."""
 
   name = 'corpus'
+  splits = ('train', 'validation', 'test')  # test: split folders and tfds catalogs with one
 
   def matches(self, name: str) -> bool:
     return name in ('stdlib', 'stdlib_long', 'text_files') or (
@@ -265,9 +299,16 @@ class Corpus(registry.Task):
     if windows not in EVAL_WINDOWS:
       raise ValueError(f"config.data.eval_windows={windows!r} is unknown; use one of "
                        f"{list(EVAL_WINDOWS)}.")
+    haystack.validate_rates(data_config)
+    for probe, _ in haystack.rates(data_config):
+      probe.check_length(data_config.seq_len + 1, data_config, 'config.data.seq_len + 1')
 
   def documents(self, data_config, split: str) -> data_lib.Documents:
     """`split` as its documents, for reading each in order (config.carry_state)."""
+    mixed = [p.rate_field for p, _ in haystack.rates(data_config)]
+    if split == 'train' and mixed:
+      raise ValueError(f"config.data.{mixed[0]} mixes probe documents into shuffled windows; "
+                       "config.carry_state reads documents in order: set it to 0.")
     prepared = _kept(data_config, split)
     return data_lib.Documents(prepared.data, prepared.docs, data_config.seq_len,
                               f"{split} split of {data_config.name!r}")
@@ -277,7 +318,8 @@ class Corpus(registry.Task):
     if split != 'train' and (data_config.get('eval_windows') or 'stream') == 'documents':
       return data_lib.DocumentWindows(load_documents(data_config, split), data_config.seq_len,
                                       what)
-    return data_lib.Windows(load_split(data_config, split), data_config.seq_len, what)
+    windows = data_lib.Windows(load_split(data_config, split), data_config.seq_len, what)
+    return haystack.mixed(windows, data_config) if split == 'train' else windows
 
 
 registry.register(Corpus())

@@ -103,6 +103,16 @@ def to_text(tokens) -> str:
   return ' '.join(VOCAB[t] for t in tokens if t != PAD)
 
 
+def rule_predictions(train_keys: np.ndarray, train_labels: np.ndarray, keys: np.ndarray,
+                     num_classes: int = NUM_CLASSES) -> np.ndarray:
+  """For each key, the commonest train label among the train examples with that key (the
+  smallest label on a tie). Keys all zero give the majority class; token 0 (the outermost
+  operator) gives the baseline a model must beat before its accuracy means much."""
+  counts = np.zeros((int(max(train_keys.max(), keys.max())) + 1, num_classes), np.int64)
+  np.add.at(counts, (train_keys, train_labels), 1)
+  return counts.argmax(axis=1)[keys]
+
+
 def check_params(min_length: int, max_length: int, seq_len: int) -> None:
   if not 1 <= min_length <= max_length:
     raise ValueError(f"config.data.min_length={min_length} and max_length={max_length} must "
