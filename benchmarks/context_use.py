@@ -53,7 +53,8 @@ def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents'
   t0 = time.perf_counter()
   r = runs.evaluate_checkpoint(run_dir, None, num_eval_steps=0, seq_len=length,
                                    windows=windows, stream_segment=stream)
-  return {'run': os.path.basename(run_dir), 'label': kind.label(config.model),
+  carried = ' carried' if config.get('carry_state') else ''  # trained past the window
+  return {'run': os.path.basename(run_dir), 'label': kind.label(config.model) + carried,
           'length': length, 'stream_segment': stream, 'documents': r['tokens'] // length,
           'windows': windows,
           'bits_per_byte': r['bits_per_byte'], 'bits_by_context': r['bits_by_context'],
@@ -90,7 +91,8 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
     loss_by_pos += np.asarray(ce, np.float64).reshape(-1)
   octaves = evaluator.bits_by_context(loss_by_pos, np.full(length, float(len(docs))))
   return {'run': os.path.basename(run_dir) + f' restart {every}',
-          'label': f'{kind.label(config.model)}, context reset every {every:,}',
+          'label': f"{kind.label(config.model)}{' carried' if config.get('carry_state') else ''}, "
+                   f'context reset every {every:,}',
           'length': length, 'stream_segment': None, 'documents': len(docs), 'windows': windows,
           'bits_per_byte': float(loss_by_pos.sum() / len(docs) / length / evaluator.LN2),
           'bits_by_context': octaves, 'seconds': time.perf_counter() - t0,
