@@ -28,8 +28,14 @@ def data_config() -> ml_collections.ConfigDict:
   d.min_document_bytes = 0       # corpora: leave out shorter documents (32768: long files only)
   d.eval_windows = 'stream'      # corpora: 'stream' (windows over the joined split) or
                                  # 'documents' (each document's first seq_len bytes)
-  d.passkey_rate = 0.0           # corpora: fraction of training windows that are passkey
-                                 # documents on the corpus's text (latent_flax/tasks/passkey.py)
+  d.document_bytes = 0           # corpora read as documents (carry_state, eval documents):
+                                 # longer ones are read as consecutive pieces of this many
+                                 # predictions each (0 = whole documents; books: 65536)
+  d.probe_document_bytes = 0     # carry_state: probe documents mixed in are this long at most
+                                 # (log-uniform from seq_len + 1; 0 = seq_len + 1)
+  d.passkey_rate = 0.0           # corpora: fraction of training windows (carry_state: of
+                                 # documents) that are passkey documents on the corpus's
+                                 # text (latent_flax/tasks/passkey.py)
   d.babi_rate = 0.0              # corpora: fraction that are bAbI qa1 fact documents (babi.py)
   d.passkey_digits = 5           # passkey documents: digits of the key
   d.babi_facts = 4               # bAbI documents: facts per document

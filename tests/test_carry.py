@@ -15,7 +15,9 @@ from latent_flax.training import checkpoint
 from tests import helpers
 from latent_flax.attention import registry
 from latent_flax.attention.full import FullAttention, fresh_memory
+from latent_flax.tasks import corpus, haystack
 from latent_flax.tasks import data as data_lib
+from latent_flax.evaluation import decode
 
 C = 4   # chunk size
 W = 8   # window: two chunks
@@ -146,6 +148,51 @@ def test_full_attention_memory_equals_attention_over_the_memory_and_the_window()
     lo = max(0, start - mem)
     expected = layer.apply(params, x[:, lo:start + W])[:, start - lo:]
     np.testing.assert_allclose(y, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['full:memory=4', 'mla:memory=4'])
+def test_evaluation_streams_a_memory_model_through_its_bounded_memory(kind):
+  """decode.stream reads a Transformer-XL model as it was trained (each segment sees the
+  last `memory` tokens, not the whole past): the carried training pass, position for
+  position, and not the unbounded one pass."""
+  cfg, model, params = _model(kind)
+  tokens = jax.random.randint(jax.random.key(3), (2, 4 * W), 0, model_lib.VOCAB_SIZE)
+  carry = model_lib.fresh_carry(cfg, 2)
+  step = jax.jit(lambda p, x, c: model.apply({'params': p}, x, carry=c))
+  trained = []
+  for start in range(0, tokens.shape[1], W):
+    logits, carry = step(params, tokens[:, start:start + W], carry)
+    trained.append(logits)
+  streamed = [l for _, l in decode.stream(model, params, tokens, W)]
+  np.testing.assert_allclose(jnp.concatenate(streamed, 1), jnp.concatenate(trained, 1),
+                             atol=1e-5, rtol=1e-5)
+  one_pass = jax.jit(model.apply)({'params': params}, tokens)
+  assert not np.allclose(streamed[-1], one_pass[:, -W:], atol=1e-3)  # the far past is cut
+
+
+def test_long_documents_are_read_as_pieces_that_predict_each_byte_once():
+  docs = np.array([[0, 10], [10, 4], [14, 1]])
+  cut = corpus.pieces(docs, 4)
+  assert cut.tolist() == [[0, 5], [4, 5], [8, 2], [10, 4], [14, 1]]
+  predicted = [s + k for s, n in cut.tolist() for k in range(1, n)]  # targets inside a piece
+  assert sorted(predicted) == [p for s, n in docs.tolist() for p in range(s + 1, s + n)]
+
+
+def test_probe_documents_join_a_document_stream_at_their_rate_and_span_windows():
+  text = np.frombuffer(b'Some sentence of a book. ' * 400, np.uint8)
+  base = data_lib.Documents(text, corpus.pieces(np.array([[0, len(text)]]), 512), 64)
+  cfg = {'passkey_rate': 0.25, 'probe_document_bytes': 2048, 'seq_len': 64}
+  mixed = haystack.mixed_documents(base, cfg)
+  probes = range(base.num_documents, mixed.num_documents)
+  assert len(probes) == round(base.num_documents / 3)  # a quarter of all documents
+  lengths = [mixed.length(i) for i in probes]
+  assert min(lengths) >= 65 and max(lengths) <= 2048 and max(lengths) > 4 * 64
+  doc = mixed.probe_document(probes[0])
+  rows = [mixed.window(probes[0], o)[0] for o in range(0, len(doc.tokens) - 1, 64)]
+  read = np.concatenate(rows)[:len(doc.tokens) - 1]
+  np.testing.assert_array_equal(read, doc.tokens[:-1])  # read in turn, window by window
+  assert doc.answer in doc.tokens[doc.needles[0]:doc.needles[0] + 40].tobytes()
+  assert mixed.probe_document(probes[0]).answer == doc.answer  # the same from its number
 
 
 def test_every_kind_that_carries_says_so_in_the_registry():

@@ -77,17 +77,32 @@ def extend(model: model_lib.LanguageModel, params, cache, tokens_BS: jax.Array):
   return logits_BSV, variables['cache']
 
 
+@functools.partial(jax.jit, static_argnames=('model',))
+def carried(model: model_lib.LanguageModel, params, carry, tokens_BS: jax.Array):
+  """One segment read with the state carried across training windows (the train step's
+  forward pass): (logits [B, S, V], the state it leaves)."""
+  return model.apply({'params': params}, tokens_BS, carry=carry)
+
+
 def stream(model: model_lib.LanguageModel, params, tokens_BN, segment: int):
   """Logits of every position of tokens_BN, computed `segment` tokens at a time, each
   segment starting from the state the previous one left; yields (start, logits [B, S, V]).
 
   Equals one parallel pass over the whole sequence (tests/test_decode.py), in the memory
   of one segment plus the decoding state: fixed for causal_latent, a KV cache of the
-  whole length for kinds that cache.
+  whole length for kinds that cache. A model with a Transformer-XL memory
+  (config.model.memory > 0) reads as it was trained: each segment attends to itself and
+  the last `memory` tokens' keys and values, not to the whole past (tests/test_carry.py).
   """
   n = tokens_BN.shape[1]
   if segment < 1:
     raise ValueError(f"segment={segment} must be >= 1 token.")
+  if model.cfg.memory:
+    carry = model_lib.fresh_carry(model.cfg, tokens_BN.shape[0])
+    for start in range(0, n, segment):
+      logits_BSV, carry = carried(model, params, carry, tokens_BN[:, start:start + segment])
+      yield start, logits_BSV
+    return
   logits_BSV, cache = prefill(model, params, tokens_BN[:, :segment], n, every_position=True)
   yield 0, logits_BSV
   for start in range(segment, n, segment):

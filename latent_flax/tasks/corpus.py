@@ -23,6 +23,7 @@ retrieval probe documents into the training windows (tasks/haystack.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -264,7 +265,17 @@ def _kept(data_config, split: str) -> byte_cache.PreparedSplit:
     raise ValueError(f"the {split} split of {data_config.name!r} has no document of at least "
                      f"config.data.min_document_bytes={data_config.get('min_document_bytes'):,}"
                      f" bytes (the longest has {prepared.longest_dropped:,}); lower it.")
-  return prepared
+  piece = data_config.get('document_bytes') or 0
+  return dataclasses.replace(prepared, docs=pieces(prepared.docs, piece)) if piece else prepared
+
+
+def pieces(docs_D2: np.ndarray, predictions: int) -> np.ndarray:
+  """(start, length) of documents cut into consecutive pieces of `predictions` + 1 bytes
+  (the last shorter): piece i reads bytes i*P .. (i+1)*P of its document, so each byte of
+  it is predicted once, in the piece that ends with it."""
+  out = [(s + k, min(predictions + 1, n - k)) for s, n in np.asarray(docs_D2).tolist()
+         for k in range(0, max(n - 1, 1), predictions)]
+  return np.asarray(out, np.int64).reshape(-1, 2)
 
 
 def load_documents(data_config, split: str) -> list[np.ndarray]:
@@ -299,19 +310,22 @@ class Corpus(registry.Task):
     if windows not in EVAL_WINDOWS:
       raise ValueError(f"config.data.eval_windows={windows!r} is unknown; use one of "
                        f"{list(EVAL_WINDOWS)}.")
+    need_int('config.data.document_bytes', data_config.get('document_bytes') or 0, 0,
+             ' (0 = whole documents)')
+    longest = data_config.get('probe_document_bytes') or 0
+    if longest and longest <= data_config.seq_len:
+      raise ValueError(f"config.data.probe_document_bytes={longest!r} must exceed "
+                       f"config.data.seq_len={data_config.seq_len} (0 = seq_len + 1).")
     haystack.validate_rates(data_config)
     for probe, _ in haystack.rates(data_config):
       probe.check_length(data_config.seq_len + 1, data_config, 'config.data.seq_len + 1')
 
   def documents(self, data_config, split: str) -> data_lib.Documents:
     """`split` as its documents, for reading each in order (config.carry_state)."""
-    mixed = [p.rate_field for p, _ in haystack.rates(data_config)]
-    if split == 'train' and mixed:
-      raise ValueError(f"config.data.{mixed[0]} mixes probe documents into shuffled windows; "
-                       "config.carry_state reads documents in order: set it to 0.")
     prepared = _kept(data_config, split)
-    return data_lib.Documents(prepared.data, prepared.docs, data_config.seq_len,
-                              f"{split} split of {data_config.name!r}")
+    documents = data_lib.Documents(prepared.data, prepared.docs, data_config.seq_len,
+                                   f"{split} split of {data_config.name!r}")
+    return haystack.mixed_documents(documents, data_config) if split == 'train' else documents
 
   def load(self, data_config, split: str) -> data_lib.Windows | data_lib.DocumentWindows:
     what = f"{split} split of {data_config.name!r}"

@@ -162,6 +162,9 @@ class Documents:
     self.data, self.docs, self.seq_len = data, np.asarray(docs_D2, np.int64), seq_len
     self.num_documents = len(self.docs)
 
+  def length(self, doc: int) -> int:
+    return int(self.docs[doc, 1])
+
   def window(self, doc: int, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inputs, targets and weights of the window at `offset` bytes into document `doc`:
     inputs are its bytes offset .. offset + seq_len - 1, targets the next byte of each,
@@ -228,7 +231,7 @@ class DocumentStream(Iterator[dict]):
     take the next documents of the stream, in row order."""
     self.row_offset += self.source.seq_len
     for r in range(self.global_batch):
-      length = self.source.docs[self.document(self.row_doc[r]), 1]
+      length = self.source.length(self.document(self.row_doc[r]))
       if self.row_offset[r] >= length:  # every target of the document has been read
         self.row_doc[r], self.row_offset[r] = self.next_doc, 0
         self.next_doc += 1

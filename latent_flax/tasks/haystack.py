@@ -216,6 +216,61 @@ class Mixed:
     return batch
 
 
+class MixedDocuments:
+  """A corpus's documents (data.Documents, read in order with config.carry_state) with
+  probe documents added: numbers below the corpus's D documents are its documents, the
+  P_i after them documents of probe i, P_i = round(D x rate_i / (1 - the rates' sum)).
+  A probe document is L bytes, L log-uniform in [seq_len + 1,
+  config.data.probe_document_bytes] (drawn with it), so that a key stated in one window
+  is asked for windows later, through the carried state; its haystack is the corpus's
+  text from a start drawn with it, every byte weighted."""
+
+  CACHED = 64  # probe documents kept made (a row reads one over several steps)
+
+  def __init__(self, base: data_lib.Documents, rates: list[tuple[Probe, float]], data_config):
+    self.base, self.data_config, self.seq_len = base, data_config, base.seq_len
+    self.longest = max(data_config.get('probe_document_bytes') or 0, base.seq_len + 1)
+    total = sum(r for _, r in rates)
+    self.counts = [(p, round(base.num_documents * r / (1 - total))) for p, r in rates]
+    self.num_documents = base.num_documents + sum(n for _, n in self.counts)
+    self._made: dict[int, data_lib.Documents] = {}
+
+  def probe_document(self, i: int) -> Document:
+    """The probe document numbered i (>= the corpus's documents)."""
+    first = self.base.num_documents
+    for stream, (probe, n) in enumerate(self.counts):
+      if i < first + n:
+        rng = rng_for(MIX_SEED + 1, stream, i)
+        lo, hi = np.log(self.seq_len + 1), np.log(self.longest)
+        length = int(round(np.exp(rng.uniform(lo, hi))))
+        hay = text_haystack(self.base.data, int(rng.integers(len(self.base.data))))
+        return probe.document(rng, length, hay, data_config=self.data_config)
+      first += n
+    raise IndexError(f"document {i} is past the {self.num_documents} documents.")
+
+  def _probe(self, i: int) -> data_lib.Documents:
+    if i not in self._made:
+      if len(self._made) >= self.CACHED:
+        self._made.pop(next(iter(self._made)))
+      tokens = self.probe_document(i).tokens
+      self._made[i] = data_lib.Documents(tokens, [(0, len(tokens))], self.seq_len)
+    return self._made[i]
+
+  def length(self, doc: int) -> int:
+    return self.base.length(doc) if doc < self.base.num_documents else self._probe(doc).length(0)
+
+  def window(self, doc: int, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if doc < self.base.num_documents:
+      return self.base.window(doc, offset)
+    return self._probe(doc).window(0, offset)
+
+
+def mixed_documents(base: data_lib.Documents, data_config) -> data_lib.Documents | MixedDocuments:
+  """`base` with config.data's probe rates mixed in as documents (itself when none)."""
+  chosen = rates(data_config)
+  return MixedDocuments(base, chosen, data_config) if chosen else base
+
+
 def rates(data_config) -> list[tuple[Probe, float]]:
   """(probe, rate) of the probes config.data mixes into training windows (rate > 0)."""
   return [(p, float(data_config.get(p.rate_field) or 0.0)) for p in _PROBES.values()

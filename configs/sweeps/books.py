@@ -1,0 +1,50 @@
+"""The evidence run (docs/results/books): does a model trained past its window use a long
+past of book text, and retrieve a pass key from far back? On the shared books laid out by
+`python -m latent_flax.tasks.books --src ../shared/data/books --out data/books` (18 train,
+2 validation, 2 test books).
+
+    python sweep.py --sweep=configs/sweeps/books.py:bytes --workdir=runs/books
+    python sweep.py --sweep=configs/sweeps/books.py:clock --workdir=runs/books_clock
+    python benchmarks/context_use.py --workdir=runs/books --lengths 4096,65536 \\
+        --restart_every 4096 --out docs/results/books
+    python probe.py --workdir=runs/books/<run> --probe=passkey --lengths=4096,16384,65536 \\
+        --depths=0,0.25,0.5,0.75,1
+
+configs/base.py's model (D=128, 4 layers, 4 heads, MLP 512) on windows of 4,096 bytes, 2
+per step; passkey documents mixed in at 10% (blank windows: 10% of the windows, each a
+4,097-byte document; carried: 10% of the documents, 4,097 to 65,536 bytes, log-uniform,
+so that the key is asked for windows after it was stated). Carried runs read the books as
+documents of 64 KB (document_bytes), each row its own, the state reset between them.
+
+  bytes  every kind for the same 250 steps (2,048,000 training bytes): causal_latent M=64
+         blank and carried, multiscale carried; full attention blank and with a
+         Transformer-XL memory of 2,048 tokens; mla with the same memory.
+  clock  the kinds slower than causal_latent trained for the wall-clock of its 250 steps
+         (their steps from the paired step times of benchmarks/results/carry_cost.json).
+"""
+
+BASE = 'configs/base.py'
+COMMON = {'data.name': 'text_files', 'data.path': 'data/books', 'data.seq_len': 4096,
+          'data.document_bytes': 65536, 'data.passkey_rate': 0.1,
+          'per_device_batch_size': 2, 'num_train_steps': 250, 'warmup_steps': 25,
+          'eval_every_steps': 125, 'checkpoint_every_steps': 125, 'num_eval_steps': 5}
+LATENT = {'model.attention': 'causal_latent', 'model.num_latents': 64}
+CARRIED = {'carry_state': True, 'data.probe_document_bytes': 65536}
+PRESETS = ('bytes', 'clock')
+
+
+def get_sweep(preset: str):
+  if preset == 'bytes':
+    return [{**LATENT, 'carry_state': False},
+            {**LATENT, **CARRIED},
+            {**LATENT, 'model.latent_decay': 'multiscale', **CARRIED},
+            {'model.attention': 'full', 'carry_state': False},
+            {'model.attention': 'full', 'model.memory': 2048, **CARRIED},
+            {'model.attention': 'mla', 'model.memory': 2048, **CARRIED}]
+  # clock: steps = 250 x (causal_latent's step time / the kind's), from carry_cost.json.
+  return [{'model.attention': 'full', 'carry_state': False, 'num_train_steps': CLOCK['full']},
+          {'model.attention': 'full', 'model.memory': 2048, **CARRIED,
+           'num_train_steps': CLOCK['full_memory']}]
+
+
+CLOCK = {'full': 125, 'full_memory': 85}  # set from the measured step times before running
