@@ -46,13 +46,17 @@ def run_names(workdir: str) -> list[str]:
                 if os.path.exists(os.path.join(workdir, d, 'config.json')))
 
 
-def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents') -> dict:
+def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents',
+             documents: int = 0) -> dict:
+  """documents > 0: the first that many (whole batches of the run's global batch)."""
+  import jax
   config = config_lib.load_saved_config(run_dir)
   kind = registry.get(config.model.attention)
   stream = segment if kind.decode and length > config.data.seq_len else None
+  batch = config.per_device_batch_size * jax.device_count()
   t0 = time.perf_counter()
-  r = runs.evaluate_checkpoint(run_dir, None, num_eval_steps=0, seq_len=length,
-                                   windows=windows, stream_segment=stream)
+  r = runs.evaluate_checkpoint(run_dir, None, num_eval_steps=-(-documents // batch),
+                               seq_len=length, windows=windows, stream_segment=stream)
   carried = ' carried' if config.get('carry_state') else ''  # trained past the window
   return {'run': os.path.basename(run_dir), 'label': kind.label(config.model) + carried,
           'length': length, 'stream_segment': stream, 'documents': r['tokens'] // length,
@@ -63,7 +67,7 @@ def evaluate(run_dir: str, length: int, segment: int, windows: str = 'documents'
 
 
 def evaluate_restarted(run_dir: str, length: int, every: int,
-                       windows: str = 'documents') -> dict:
+                       windows: str = 'documents', documents: int = 0) -> dict:
   """The control: the same windows and positions, but the model restarts every `every`
   bytes (position p sees only the p mod `every` bytes before it in its piece), so any
   gain of the streamed evaluation over this one is what the longer context bought."""
@@ -81,6 +85,9 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
   source = tasks.get(data_config.name).load(data_config, 'validation')
   batch = source.get(np.arange(source.num_windows))
   docs = np.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
+  if documents:
+    global_batch = config.per_device_batch_size * jax.device_count()
+    docs = docs[:-(-documents // global_batch) * global_batch]  # those evaluate() read
   forward = jax.jit(lambda p, x: model.apply({'params': p}, x))
   loss_by_pos, t0 = np.zeros(length), time.perf_counter()
   for doc in docs:
@@ -240,6 +247,9 @@ def main() -> None:
                        '(comma-separated)')
   ap.add_argument('--windows', default='documents', choices=['documents', 'stream'],
                   help="'stream': windows cut from the joined split, as in training")
+  ap.add_argument('--documents', type=int, default=0,
+                  help='read only the first this many documents at each length (rounded up '
+                       "to the run's global batch; 0 = all)")
   ap.add_argument('--out', default='docs/results/long_context')
   ap.add_argument('--report_only', action='store_true', help='draw and tabulate the JSON only')
   args = ap.parse_args()
@@ -254,12 +264,13 @@ def main() -> None:
     for name in names:
       run_dir = os.path.join(args.workdir, name)
       if (name, length) not in done:
-        _record(evaluate(run_dir, length, args.segment, args.windows), records, path, args)
+        _record(evaluate(run_dir, length, args.segment, args.windows, args.documents),
+                records, path, args)
       for every in restarts:
         control = f'{name} restart {every}'
         if length > every and (control, length) not in done:
-          _record(evaluate_restarted(run_dir, length, every, args.windows), records, path,
-                  args)
+          _record(evaluate_restarted(run_dir, length, every, args.windows, args.documents),
+                  records, path, args)
   lengths = sorted({r['length'] for r in records} | set(lengths))
   plot(records, lengths, os.path.join(args.out, 'bits_by_context.png'))
   if gains(records):

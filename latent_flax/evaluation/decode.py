@@ -162,7 +162,10 @@ def state_bytes(cache) -> int:
 
 def state_footprint(model: model_lib.LanguageModel) -> tuple[float, int]:
   """(bytes per token of context, bytes that do not grow) of one sequence's decoding state,
-  all layers, from the state's shapes (nothing is computed)."""
+  all layers, from the state's shapes (nothing is computed). A model with a Transformer-XL
+  memory streams through it (stream): its memory's bytes, fixed."""
+  if model.cfg.memory:
+    return 0.0, state_bytes(jax.eval_shape(lambda: model_lib.fresh_carry(model.cfg, 1)))
   tokens = jax.ShapeDtypeStruct((1, 8), jnp.int32)
   params = jax.eval_shape(model.init, jax.random.key(0), tokens)['params']
   short, long = (state_bytes(jax.eval_shape(lambda p: prefill(model, p, tokens, n), params)[1])

@@ -11,7 +11,10 @@ SNAP_BYTES, else of a word, else exactly there. Cost: O(length) bytes per docume
 Registered probes (register_probe) are what evaluation/retrieval.py grids and what a
 corpus mixes into its training windows (Mixed): a fraction config.data.<probe>_rate of
 them are probe documents of seq_len + 1 bytes whose haystack is the corpus's own text,
-every byte weighted as in any window (the answer's bytes are a few of them). Documents are
+every byte weighted as in any window (the answer's bytes are a few of them). A run that
+carries state (config.carry_state) reads documents in order instead (MixedDocuments): that
+fraction of its documents are probe documents up to config.data.probe_document_bytes
+long, read window by window, the key asked for windows after it was stated. Documents are
 drawn from (seed, stream, index): the same id gives the same document in every process.
 """
 
