@@ -144,7 +144,7 @@ def _stdlib_examples(data_config, split: str) -> list[tuple[str, bytes]]:
   """(path, text) of the stdlib split, sorted by path: the order does not depend on how
   tfds shuffled the files on write."""
   builder = tfds_source.prepared(stdlib_builder_class(), 'the built-in corpus (Python stdlib '
-                                 'sources)', data_dir=_tfds_data_dir(data_config))
+                                 'sources)', data_dir=tfds_source.builtin_data_dir(data_config))
   return sorted((e['path'].decode('utf-8'), _text(e['text']))
                 for e in tfds_source.examples(builder, split))
 
@@ -312,10 +312,8 @@ class Corpus(registry.Task):
                        f"{list(EVAL_WINDOWS)}.")
     need_int('config.data.document_bytes', data_config.get('document_bytes') or 0, 0,
              ' (0 = whole documents)')
-    longest = data_config.get('probe_document_bytes') or 0
-    if longest and longest <= data_config.seq_len:
-      raise ValueError(f"config.data.probe_document_bytes={longest!r} must exceed "
-                       f"config.data.seq_len={data_config.seq_len} (0 = seq_len + 1).")
+    need_int('config.data.probe_document_bytes', data_config.get('probe_document_bytes') or 0,
+             0, ' (at most seq_len + 1 = seq_len + 1)')
     haystack.validate_rates(data_config)
     for probe, _ in haystack.rates(data_config):
       probe.check_length(data_config.seq_len + 1, data_config, 'config.data.seq_len + 1')
