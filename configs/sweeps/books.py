@@ -10,7 +10,8 @@ past of book text, and retrieve a pass key from far back? On the shared books la
     python probe.py --workdir=runs/books/<run> --probe=passkey --lengths=4096,16384,65536 \\
         --depths=0,0.25,0.5,0.75,1
 
-configs/base.py's model (D=128, 4 layers, 4 heads, MLP 512) on windows of 4,096 bytes, 2
+configs/base.py's model (D=128, 4 layers, 4 heads; full and mla with the wider MLP of
+configs/full.py and configs/mla.py, parameters matched to m64 within 0.05%) on windows of 4,096 bytes, 2
 per step; passkey documents mixed in at 10% (blank windows: 10% of the windows, each a
 4,097-byte document; carried: 10% of the documents, 4,097 to 65,536 bytes, log-uniform,
 so that the key is asked for windows after it was stated). Carried runs read the books as
@@ -33,18 +34,27 @@ CARRIED = {'carry_state': True, 'data.probe_document_bytes': 65536}
 PRESETS = ('bytes', 'clock')
 
 
+# Parameters matched to m64 as configs/full.py and configs/mla.py do (a wider MLP).
+FULL = {'model.attention': 'full', 'model.mlp_dim': 1062}
+MLA = {'model.attention': 'mla', 'model.kv_lora_rank': 64, 'model.q_lora_rank': 0,
+       'model.rope_head_dim': 16, 'model.head_dim': 32, 'model.v_head_dim': 32,
+       'model.mlp_dim': 1056}
+
+
 def get_sweep(preset: str):
   if preset == 'bytes':
     return [{**LATENT, 'carry_state': False},
             {**LATENT, **CARRIED},
             {**LATENT, 'model.latent_decay': 'multiscale', **CARRIED},
-            {'model.attention': 'full', 'carry_state': False},
-            {'model.attention': 'full', 'model.memory': 2048, **CARRIED},
-            {'model.attention': 'mla', 'model.memory': 2048, **CARRIED}]
-  # clock: steps = 250 x (causal_latent's step time / the kind's), from carry_cost.json.
-  return [{'model.attention': 'full', 'carry_state': False, 'num_train_steps': CLOCK['full']},
-          {'model.attention': 'full', 'model.memory': 2048, **CARRIED,
-           'num_train_steps': CLOCK['full_memory']}]
+            {**FULL, 'carry_state': False},
+            {**FULL, 'model.memory': 2048, **CARRIED},
+            {**MLA, 'model.memory': 2048, **CARRIED}]
+  # clock: steps = 250 x (carried causal_latent's step time / the kind's), paired step
+  # times of benchmarks/results/carry_cost_mem2048.json.
+  return [{**FULL, 'carry_state': False, 'num_train_steps': CLOCK['full'],
+           'warmup_steps': CLOCK['full'] // 10},
+          {**FULL, 'model.memory': 2048, **CARRIED, 'num_train_steps': CLOCK['full_memory'],
+           'warmup_steps': CLOCK['full_memory'] // 10}]
 
 
 CLOCK = {'full': 125, 'full_memory': 85}  # set from the measured step times before running
