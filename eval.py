@@ -41,25 +41,9 @@ _STREAM_SEGMENT = flags.DEFINE_integer(
 flags.mark_flag_as_required("workdir")
 
 
-# --config.<field>=<value> given without --config=FILE: taken out of the command line
-# before absl reads it (absl knows such flags only with a config file) and applied on
-# top of the workdir's config.json.
+# --config.<field>=<value> given without --config=FILE: applied on top of the workdir's
+# config.json (cli.take_config_overrides takes them out of the command line).
 _OVERRIDES: list[tuple[str, str]] = []
-
-
-def _take_overrides(argv: list[str]) -> list[str]:
-  if any(a == '--config' or a.startswith('--config=') for a in argv):
-    return argv
-  rest = []
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      rest.append(arg)
-      continue
-    field, sep, value = arg[len('--config.'):].partition('=')
-    if not sep:
-      cli.fail(f"{arg}: give the value as --config.{field}=VALUE.")
-    _OVERRIDES.append((field, value))
-  return rest
 
 
 def main(argv):
@@ -92,5 +76,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.argv = _take_overrides(sys.argv)
+  sys.argv, _OVERRIDES = cli.take_config_overrides(sys.argv)
   cli.run(main)

@@ -9,6 +9,7 @@
         --report_lines=recall_across_chunks_by_pairs --report_dir=runs/sweep_mqar_short/across
 """
 
+import os
 import sys
 
 from absl import flags
@@ -62,12 +63,8 @@ def _submit(sweep) -> bool:
     print(f"logs in {_WORKDIR.value}/submitit; when the jobs are done: python sweep.py "
           f"--sweep={_SWEEP.value} --workdir={_WORKDIR.value} --report")
     return False
-  for job in jobs:
-    try:
-      job.result()
-    except Exception as e:  # submitit's error carries the job's traceback
-      raise ValueError(f"job {job.job_id} failed ({type(e).__name__}); its log: "
-                       f"{job.paths.stdout} and {job.paths.stderr}") from None
+  workdirs = [os.path.join(_WORKDIR.value, sweep_lib.point_name(p)) for p in sweep.points]
+  launch.wait(jobs, workdirs)  # SIGTERM or SIGINT cancels the jobs
   return True
 
 

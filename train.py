@@ -22,9 +22,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   config = cli.config_value(_CONFIG)
+  from configs import base
   from latent_flax import trainer  # jax and the rest: not needed for --help
   distributed.initialize()
-  trainer.train_and_evaluate(config, _WORKDIR.value)
+  trainer.train_and_evaluate(config, _WORKDIR.value, defaults=base.get_config())
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ def loop_seconds_per_step(config_name: str, n: int, steps: int) -> float | None:
   with tempfile.TemporaryDirectory() as workdir:
     argv = [sys.executable, 'train.py', f'--config=configs/{config_name}.py',
             f'--config.data.seq_len={n}', '--config.per_device_batch_size=1',
-            f'--config.num_train_steps={steps}', f'--config.log_every_steps={steps // 2}',
+            f'--config.num_train_steps={steps}', '--config.warmup_steps=0',
+            f'--config.log_every_steps={steps // 2}',
             f'--config.eval_every_steps={steps * 10}', f'--config.checkpoint_every_steps={steps * 10}',
             '--config.num_eval_steps=1', f'--workdir={workdir}/run']
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=harness.REPO)

@@ -22,7 +22,9 @@ def data_config() -> ml_collections.ConfigDict:
                                  # train/, validation/, test/ subfolders: its own splits)
   d.text_key = 'text'            # feature holding the text for 'tfds:' datasets
   d.seq_len = 512                # tokens (bytes) per training window
-  d.data_dir = ''                # tfds data dir ('' = the tfds default, ~/tensorflow_datasets)
+  d.data_dir = ''                # tfds data dir ('' = for 'tfds:' catalogs the tfds default,
+                                 # ~/tensorflow_datasets; for the built-in stdlib and listops
+                                 # builders tfds/ in the cache dir below)
   d.cache_dir = ''               # corpora: where splits are prepared into byte files ('' =
                                  # $LATENT_FLAX_CACHE, else ~/.cache/latent_flax)
   d.min_document_bytes = 0       # corpora: leave out shorter documents (32768: long files only)
@@ -36,6 +38,8 @@ def data_config() -> ml_collections.ConfigDict:
   d.passkey_rate = 0.0           # corpora: fraction of training windows (carry_state: of
                                  # documents) that are passkey documents on the corpus's
                                  # text (latent_flax/tasks/passkey.py)
+  d.probe_weights = 'all'        # probe documents in training: 'all' bytes weighted, or
+                                 # 'answer' (only the answer's: the loss asks for retrieval)
   d.babi_rate = 0.0              # corpora: fraction that are bAbI qa1 fact documents (babi.py)
   d.passkey_digits = 5           # passkey documents: digits of the key
   d.babi_facts = 4               # bAbI documents: facts per document

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
 from latent_flax.system import io_utils
@@ -149,6 +150,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need_int(f'config.{name}', config[name])
   need_int('config.num_eval_steps', config.num_eval_steps, 0, ' (0 = all)')
   need_int('config.warmup_steps', config.warmup_steps, 0)
+  need(config.warmup_steps < config.num_train_steps,
+       f"config.warmup_steps={config.warmup_steps} must be below config.num_train_steps="
+       f"{config.num_train_steps} (the run would end at or before its peak learning rate, "
+       "with no decay); lower warmup_steps or raise num_train_steps.")
   lr = config.learning_rate
   need(isinstance(lr, (int, float)) and 0 < lr <= 1.0,
        f"config.learning_rate={lr!r} must be in (0, 1].")
@@ -183,9 +188,19 @@ def validate_carry(config: ml_collections.ConfigDict) -> None:
        f"{config.data.seq_len} must be a multiple of config.model.chunk_size={unit}.")
 
 
+def validate_platform(config: ml_collections.ConfigDict) -> None:
+  """What the config needs of this machine's devices (a sweep validated on a login node
+  for a GPU cluster does not ask this); one line if they lack it."""
+  platform = jax.default_backend()
+  need(config.model.attention_impl != 'cudnn' or platform == 'gpu',
+       f"config.model.attention_impl='cudnn' runs on NVIDIA GPUs, and this machine's devices "
+       f"are {platform.upper()}s; use 'auto' (cuDNN where it runs, else blockwise).")
+
+
 def validate_layout(config: ml_collections.ConfigDict, device_count: int) -> tuple[int, ...]:
   """config.mesh on `device_count` devices, and what a seq axis needs; one line if not.
   Returns the (data, fsdp, seq) sizes."""
+  validate_platform(config)
   data, fsdp, seq = sharding.mesh_shape(config.get('mesh'), device_count)
   need(config.parallelism == 'jit' or (fsdp, seq) == (1, 1),
        f"config.mesh fsdp={fsdp}, seq={seq} needs config.parallelism='jit'; pmap only "
@@ -207,12 +222,59 @@ def build_model(config: ml_collections.ConfigDict):
   return model_lib.build_model(config.model, task=task.kind, num_classes=task.num_classes)
 
 
-def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:
+HISTORY = 'history'  # config.json's record of what earlier segments of a resumed run used
+
+
+def _saved_json(workdir: str) -> dict | None:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return json.load(f)
+
+
+def load_saved_config(workdir: str) -> ml_collections.ConfigDict | None:
+  """The config a workdir's run trains with now (config.json without its history)."""
+  saved = _saved_json(workdir)
+  if saved is None:
+    return None
+  saved.pop(HISTORY, None)
+  return ml_collections.ConfigDict(saved)
+
+
+def saved_history(workdir: str) -> list[dict]:
+  """config.json's history: [{'from_step': S, 'changed': {field: [before, after]}}], one
+  entry per resume that changed a field; [] for a run trained with one config."""
+  return (_saved_json(workdir) or {}).get(HISTORY, [])
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _flat(tree: dict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def differences(config: ml_collections.ConfigDict | dict,
+                reference: ml_collections.ConfigDict | dict) -> dict[str, list]:
+  """{dotted field: [reference's value, config's]} of the fields whose values differ, as
+  config.json writes them (None for a field one of them lacks), in config's order."""
+  new, old = (_flat(c if isinstance(c, dict) else _as_json(c)) for c in (config, reference))
+  return {k: [old.get(k), new.get(k)] for k in dict.fromkeys([*new, *old])
+          if old.get(k) != new.get(k)}
+
+
+def describe_fields(fields: dict[str, Any]) -> str:
+  """'num_train_steps=30, data.name='text_files'': fields as config arguments write them."""
+  return ', '.join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+                   for k, v in fields.items())
 
 
 def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict,
@@ -232,6 +294,17 @@ def check_compatible(saved: ml_collections.ConfigDict, config: ml_collections.Co
                      "use a new --workdir or the saved config.")
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  io_utils.write_json(os.path.join(workdir, 'config.json'), json.loads(
-      config.to_json_best_effort(sort_keys=True)))
+def save_config(config: ml_collections.ConfigDict, workdir: str, step: int = 0
+                ) -> dict[str, list]:
+  """Writes config.json for a run going on from `step`. The fields a resume (step > 0)
+  changes are added to its history, with the step they apply from, so each segment's
+  settings stay on record. Returns them ({field: [before, after]})."""
+  saved = _saved_json(workdir) or {}
+  history = saved.pop(HISTORY, [])
+  new = _as_json(config)
+  changed = differences(new, saved) if saved and step > 0 else {}
+  if changed:
+    history.append({'from_step': step, 'changed': changed})
+  io_utils.write_json(os.path.join(workdir, 'config.json'),
+                      {**new, **({HISTORY: history} if history else {})})
+  return changed

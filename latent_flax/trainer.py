@@ -183,12 +183,16 @@ def _params_finite(params) -> bool:
   return bool(np.asarray(_all_finite(params).addressable_data(0)))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains config in workdir (resuming if it holds checkpoints). Returns final metrics.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       defaults: ml_collections.ConfigDict | None = None) -> dict:
+  """Trains config in workdir (resuming if it holds checkpoints). Returns final metrics
+  (a finished run: its summary.json, said in one line).
 
   Everything that can be refused is checked before the workdir is touched: the config,
   the workdir (a directory, compatible with the run it holds), the data. Then the
   workdir is locked for this run (a second trainer is refused in one line).
+  `defaults`: the config printed first is how `config` differs from it (train.py:
+  configs/base.py's).
   """
   workdir_lock.check_workdir(workdir)
   config_lib.validate_config(config)
@@ -197,8 +201,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if saved is not None:
     config_lib.check_compatible(saved, config, workdir)
   latest = checkpoint.latest_data_state(workdir, config)
+  if latest is not None and latest[0] >= config.num_train_steps:
+    return _already_finished(workdir, latest[0], config)
   if latest is not None:  # refused here, before anything is written
     resume_position(latest[1], config, workdir, latest[0])
+  if defaults is not None and jax.process_index() == 0:
+    differ = {k: new for k, (_, new) in config_lib.differences(config, defaults).items()}
+    print("Config, where it differs from the defaults: "
+          + (config_lib.describe_fields(differ) if differ else 'nowhere'), flush=True)
   task = tasks.get(config.data.name)
   train_source = (task.documents(config.data, 'train') if config.get('carry_state')
                   else tasks.load(config.data, 'train'))
@@ -207,13 +217,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train(config, workdir, task, train_source, eval_sets, eval_main)
 
 
+def _already_finished(workdir: str, step: int, config: ml_collections.ConfigDict) -> dict:
+  """A rerun of a finished run: one line, nothing written; its summary.json."""
+  path = os.path.join(workdir, 'summary.json')
+  summary = {}
+  with contextlib.suppress(OSError, ValueError):
+    with open(path) as f:
+      summary = json.load(f)
+  if jax.process_index() == 0:
+    print(f"{workdir} already finished at step {step} (config.num_train_steps="
+          f"{config.num_train_steps}); nothing to train"
+          + (f": its summary is {path}." if summary else ".")
+          + " Raise num_train_steps to train on, or use a new --workdir.", flush=True)
+  return summary
+
+
 def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   n_proc, proc = jax.process_count(), jax.process_index()
   global_batch = _global_batch(config)
   is_chief = proc == 0
   say = functools.partial(print, flush=True) if is_chief else lambda *a, **k: None
-  if is_chief:
-    config_lib.save_config(config, workdir)
 
   model = config_lib.build_model(config)
   carries = bool(config.get('carry_state'))
@@ -237,6 +260,12 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
     state = jax.jit(lambda rng: parallel.lay_out(init(rng)))(init_rng)
     position, shuffle = 0, 'index_shuffle'
     elapsed_before = 0.0
+  if is_chief:
+    changed = config_lib.save_config(config, workdir, start_step)
+    if changed:
+      say(f"Changed from step {start_step} on: " + ', '.join(
+          f"{k} {_value(old)} -> {_value(new)}" for k, (old, new) in changed.items())
+          + " (config.json keeps each segment's settings under 'history').")
   state = parallel.put_state(state)
   num_params = model_lib.count_params(target.params)
   if carries:  # each row reads a document's windows in turn and carries its state
@@ -279,6 +308,7 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   step = start_step
   window, window_steps = None, 0  # device-side sums of WINDOW_MEANS since the last log
   last_time, last_step = time.time(), start_step
+  steady = None  # (time, step) at the end of the first logged interval, which compiled
   stop = _StopRequest()
   with stop:
     while step < config.num_train_steps:
@@ -319,9 +349,15 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
                       grad_norm=means['grad_norm'], steps_per_sec=steps_per_sec,
                       tokens_per_sec=steps_per_sec * tokens_per_step,
                       global_batch=global_batch)
-        say(f"step {step:6d}/{config.num_train_steps}  loss {means['loss']:.4f}  "
-            f"{steps_per_sec:.2f} steps/s  {record['tokens_per_sec']:,.0f} tokens/s  "
-            f"ETA {_eta((config.num_train_steps - step) / max(steps_per_sec, 1e-9))}")
+        if steady is None:
+          eta = "ETA from the next log on (this interval compiled)"
+        else:  # the mean rate since compilation, evaluations and checkpoints included
+          rate = (step - steady[1]) / max(now - steady[0], 1e-9)
+          eta = f"ETA {_eta((config.num_train_steps - step) / rate)}"
+        say(f"step {step:6d}/{config.num_train_steps}  loss {means['loss']:.4f} "
+            f"{task.loss_unit}  {steps_per_sec:.2f} steps/s  "
+            f"{record['tokens_per_sec']:,.0f} tokens/s  "
+            + (eta if step < config.num_train_steps else 'done'))
       if is_eval:
         ev = evaluator.evaluate(parallel, state.params, task, eval_sets, eval_main,
                                  global_batch, config.num_eval_steps)
@@ -339,8 +375,8 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
                 + '  '.join(f"{p}: {a:.4f}" for p, a in ev[key].items()))
         if 'bits_per_byte' in ev:
           record['eval_bits_per_byte'] = ev['bits_per_byte']
-        say(f"step {step:6d}  eval loss {ev['loss']:.4f}  {task.accuracy_label} "
-            f"{ev['accuracy']:.4f}"
+        say(f"step {step:6d}  eval loss {ev['loss']:.4f} {task.loss_unit}  "
+            f"{task.accuracy_label} {ev['accuracy']:.4f}"
             + (f"  bits/byte {ev['bits_per_byte']:.4f}"
                if task.metric == 'eval_bits_per_byte' else '')
             + f"  {runs.over(ev['tokens'], covered['split_tokens'], task.target_unit)}")
@@ -352,17 +388,30 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
       if is_ckpt:
         save(step, {k: record[k] for k in ('eval_loss', task.metric)} if is_eval else None)
       last_time, last_step = time.time(), step
+      if is_log and steady is None:
+        steady = (last_time, step)
       if stopping and step < config.num_train_steps:
         mngr.wait_until_finished()
         say(f"Received {stop.signal or 'a stop signal on another process'}: saved checkpoint "
             f"step {step} in {mngr.directory}; rerun the same command to resume.")
         break
   mngr.wait_until_finished()
+  last, best = mngr.latest_step(), mngr.best_step()  # the last is the final step's
+  checkpoints = str(mngr.directory)
   mngr.close()
   writer.flush()
   writer.close()
   if is_chief and final and step >= config.num_train_steps:  # finished here: sweeps skip it
-    io_utils.write_json(os.path.join(workdir, 'summary.json'),
-                        {**final, 'num_params': num_params,
-                         'num_train_steps': config.num_train_steps})
+    summary = os.path.join(workdir, 'summary.json')
+    io_utils.write_json(summary, {**final, 'num_params': num_params,
+                                  'num_train_steps': config.num_train_steps})
+    best_text = ('' if best is None else f" (also the best by {task.metric})" if best == last
+                 else f", the best by {task.metric} {os.path.join(checkpoints, str(best))}")
+    say(f"Finished step {step}: wrote {summary}; the last checkpoint "
+        f"{os.path.join(checkpoints, str(last))}{best_text}; metrics.jsonl and TensorBoard "
+        f"events in {workdir} (tensorboard --logdir={workdir}).")
   return final
+
+
+def _value(v) -> str:
+  return repr(v) if isinstance(v, str) else str(v)

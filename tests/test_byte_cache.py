@@ -133,3 +133,37 @@ def test_checksums_are_checked_only_up_to_the_stated_size(tmp_path, monkeypatch)
   assert len(reads) == 1 and np.asarray(_prepare(tmp_path, reads).data)[len(WANT) // 2] == ord('Z')
   monkeypatch.setattr(byte_cache, 'CHECKSUM_MAX_BYTES', len(WANT))
   assert bytes(_prepare(tmp_path, reads).data) == WANT and len(reads) == 2
+
+
+_PREPARE_STDLIB = '''
+from configs import base
+from latent_flax import tasks
+config = base.get_config()
+for name, split in (('stdlib', 'train'), ('stdlib', 'validation'), ('stdlib_long', 'validation')):
+  config.data.name = name
+  tasks.load(config.data, split)
+'''
+
+
+@pytest.mark.slow  # starts a process that prepares the built-in corpus
+def test_the_builtin_corpus_is_prepared_silently_inside_the_cache_directory(tmp_path):
+  """The stdlib tfds builder is prepared under LATENT_FLAX_CACHE (tfds/), not under
+  ~/tensorflow_datasets, and says so in our line alone: no tfds notice of a download
+  that does not happen, no warning."""
+  from tests import helpers
+  home, cache = tmp_path / 'home', tmp_path / 'cache'
+  home.mkdir()
+  env = dict(helpers.subprocess_env(), HOME=str(home), LATENT_FLAX_CACHE=str(cache))
+  env.pop('XDG_CACHE_HOME', None)
+  run = lambda: subprocess.run([sys.executable, '-c', _PREPARE_STDLIB], cwd=helpers.REPO,
+                               env=env, capture_output=True, text=True, timeout=600)
+  first = run()
+  assert first.returncode == 0, first.stderr[-2000:]
+  lines = (first.stdout + first.stderr).splitlines()
+  assert [l for l in lines if not l.startswith('Preparing ')] == [], lines
+  assert sum(l.startswith('Preparing the built-in corpus (Python stdlib sources) into '
+                          f"{cache / 'tfds'}") for l in lines) == 1, lines
+  assert not list(home.rglob('*'))  # nothing under HOME, ~/tensorflow_datasets included
+  assert sorted(os.listdir(cache)) == ['corpora', 'tfds']
+  again = run()  # prepared: nothing to say
+  assert again.returncode == 0 and again.stdout + again.stderr == ''

@@ -193,6 +193,13 @@ def test_probe_documents_join_a_document_stream_at_their_rate_and_span_windows()
   np.testing.assert_array_equal(read, doc.tokens[:-1])  # read in turn, window by window
   assert doc.answer in doc.tokens[doc.needles[0]:doc.needles[0] + 40].tobytes()
   assert mixed.probe_document(probes[0]).answer == doc.answer  # the same from its number
+  # probe_weights='answer': across the document's windows, exactly its answer's bytes.
+  answers = haystack.mixed_documents(base, {**cfg, 'probe_weights': 'answer'})
+  parts = [answers.window(probes[0], o) for o in range(0, len(doc.tokens) - 1, 64)]
+  targets = np.concatenate([p[1] for p in parts])
+  weights = np.concatenate([p[2] for p in parts])
+  assert bytes(targets[weights > 0].astype(np.uint8).tolist()) == doc.answer
+  assert answers.window(0, 0)[2].sum() == 64  # the corpus's documents: every byte
 
 
 def test_every_kind_that_carries_says_so_in_the_registry():

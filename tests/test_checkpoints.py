@@ -33,6 +33,9 @@ from tests.helpers import read_metrics, restored_params, tiny_config
     ({'model.chunk_size': 0}, 'chunk_size=0 must be an integer >= 1'),
     ({'model.attention': 'linear'}, "attention='linear' is unknown"),
     ({'model.attention': 'latent'}, "would see tokens after t"),
+    ({'warmup_steps': 6}, 'warmup_steps=6 must be below config.num_train_steps=6'),
+    ({'model.attention_impl': 'cudnn', 'model.dtype': 'bfloat16'},
+     "attention_impl='cudnn' runs on NVIDIA GPUs, and this machine's devices are CPUs"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, overrides, message):
   config = tiny_config(tmp_path, **overrides)

@@ -14,6 +14,11 @@ pytestmark = pytest.mark.slow  # every test here starts the entry points as chil
 
 @pytest.mark.parametrize('case,args,message', [
     ('unknown field', ['--config.model.foo=1'], r"--config.model.foo: 'foo' is not a config field"),
+    ('misspelled field', ['--config.model.num_head=3'],
+     r"""^train.py: --config.model.num_head: 'num_head' is not a config field \(did you mean """
+     r"""'num_heads'\?\); the fields and their defaults are in [^"\\]*$"""),
+    ('cudnn on a CPU', ['--config.model.attention_impl=cudnn', '--config.model.dtype=bfloat16'],
+     r"attention_impl='cudnn' runs on NVIDIA GPUs, and this machine's devices are CPUs; use"),
     ('bad argument', ['--config=configs/m64.py:m=abc'], r"config argument m='abc' must be an integer"),
     ('missing config', ['--config=configs/no_such_config.py'], r'No such file'),
     ('workdir is a file', ['--workdir={file}'], r'is a file; give a directory'),

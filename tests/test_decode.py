@@ -1,4 +1,8 @@
-"""Decoding reproduces the parallel forward pass; sampling is reproducible."""
+"""Decoding reproduces the parallel forward pass; sampling is reproducible; generate.py's
+defaults give text without degenerate runs."""
+
+import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,9 @@ from latent_flax import attention
 from latent_flax.evaluation import decode
 from latent_flax import model as model_lib
 from latent_flax.attention import registry
+from latent_flax.evaluation import runs
+from latent_flax import trainer
+from tests.helpers import tiny_config
 
 C = 4  # chunk size: a 19-token sequence crosses four chunk boundaries
 N = 19
@@ -163,3 +170,43 @@ def test_streaming_in_segments_equals_one_pass(kind):
     got = jnp.concatenate([logits for _, logits in decode.stream(model, params, tokens, segment)],
                           axis=1)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=f'segment {segment}')
+
+
+# The longest run of one repeated byte generate.py's defaults may write in a sample from
+# a small model of Python sources (whose indentation makes runs of spaces likely): the
+# former defaults, temperature 0.8 and top_p 0.95, wrote runs of 48 to 275 spaces from
+# `make train`'s model.
+LONGEST_RUN = 40
+
+
+def _longest_run(text) -> int:
+  return max((len(list(run)) for _, run in itertools.groupby(text)), default=0)
+
+
+@pytest.mark.slow  # trains, and runs generate.py
+def test_generate_defaults_write_no_long_run_of_one_byte(tmp_path, children):
+  config = tiny_config(tmp_path, **{'data.name': 'stdlib', 'data.data_dir': '',
+                                    'data.seq_len': 64},
+                       num_train_steps=300, warmup_steps=10, log_every_steps=100,
+                       eval_every_steps=300, checkpoint_every_steps=300)
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(config, workdir)
+  # The command as a user types it, with generate.py's own defaults (and an override of
+  # how it runs on top of the run's config.json).
+  child = children(['generate.py', f'--workdir={workdir}', '--num_samples=8',
+                    '--max_new_tokens=256', '--config.model.attention_impl=naive'])
+  assert child.finish() == 0, child.lines[-10:]
+  out = '\n'.join(l for l in child.lines if not re.match(r'^--- [\d.]+ bytes/s', l))
+  samples = re.split(r'^--- sample \d+ \(step 300\) ---\n', out, flags=re.M)[1:]
+  assert len(samples) == 8, child.lines[:10]
+  longest = [_longest_run(s) for s in samples]
+  assert max(longest) <= LONGEST_RUN, (longest, samples)
+  # The bound tells the defaults apart: the former ones exceed it on this model.
+  former = runs.sample_from_checkpoint(workdir, 'def ', 256, decode.Sampling(0.8, top_p=0.95),
+                                       num_samples=8)
+  assert max(_longest_run(t.tolist()) for t in former['tokens']) > LONGEST_RUN
+  # An override of a model field is refused in one line: the overrides are applied.
+  refused = children(['generate.py', f'--workdir={workdir}', '--config.model.num_latents=8'])
+  assert refused.finish() == 2
+  errors = [l for l in refused.lines if l.startswith('generate.py:')]
+  assert len(errors) == 1 and 'was trained with model.num_latents=4' in errors[0], errors

@@ -6,6 +6,7 @@ each is bounded in time and killed on the way out.
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -50,7 +51,7 @@ def _checkpoint_dirs(workdir):
 
 @pytest.fixture(scope='module')
 def straight(tmp_path_factory):
-  """An uninterrupted run: config path and workdir."""
+  """An uninterrupted run: config path and workdir (what it printed: _console)."""
   tmp = tmp_path_factory.mktemp('faults')
   config_path = write_config_module(tmp, **OVERRIDES)
   workdir = str(tmp / 'straight')
@@ -59,12 +60,70 @@ def straight(tmp_path_factory):
     assert child.finish() == 0, '\n'.join(child.lines[-20:])
   finally:
     child.kill()
+  (tmp / 'straight.out').write_text('\n'.join(child.lines))
   return config_path, workdir
+
+
+def _console(workdir) -> list[str]:
+  """The lines the `straight` run printed."""
+  return (pathlib.Path(workdir).parent / 'straight.out').read_text().splitlines()
 
 
 def _assert_same_run(workdir, reference):
   jax.tree.map(np.testing.assert_array_equal, _params(workdir), _params(reference))
   assert _metrics(workdir) == _metrics(reference)
+
+
+def test_the_console_states_config_units_eta_and_what_was_written(straight):
+  _, reference = straight
+  lines = _console(reference)
+  config, = [l for l in lines if l.startswith('Config, where it differs from the defaults: ')]
+  for field in ('num_train_steps=10', 'warmup_steps=2', "data.name='text_files'",
+                'model.num_latents=4'):
+    assert field in config.split(': ', 1)[1].split(', '), (field, config)
+  assert 'seed=' not in config  # the default
+  steps = [l for l in lines if re.match(rf'^step +\d+/{STEPS} ', l)]
+  assert len(steps) == STEPS and all(re.search(r' loss [\d.]+ nats/byte ', l) for l in steps)
+  # The first interval compiled: the ETA comes from the steps after it.
+  assert steps[0].endswith('ETA from the next log on (this interval compiled)')
+  assert all(re.search(r'ETA \d+:\d\d:\d\d$', l) for l in steps[1:-1]) and steps[-1].endswith(
+      'done')
+  evals = [l for l in lines if ' eval loss ' in l]
+  assert len(evals) == 2 and all(re.search(r'eval loss [\d.]+ nats/byte ', l) for l in evals)
+  # The last line: what was written where, each path there.
+  last = lines[-1]
+  assert last.startswith(f'Finished step {STEPS}: wrote {reference}/summary.json; the last '
+                         f'checkpoint {os.path.abspath(reference)}/checkpoints/{STEPS}'), last
+  assert last.endswith(f'(tensorboard --logdir={reference}).')
+  paths = re.findall(r'(?:wrote|checkpoint|eval_bits_per_byte) (/[^ ;,]+)', last)
+  assert len(paths) >= 2 and all(os.path.exists(p) for p in paths), last
+
+
+def test_a_finished_run_says_so_and_a_changed_resume_is_said_and_kept(straight, children,
+                                                                     tmp_path):
+  config_path, reference = straight
+  workdir = tmp_path / 'finished'
+  shutil.copytree(reference, workdir)
+  before = {f: (workdir / f).read_text() for f in ('config.json', 'summary.json',
+                                                   'metrics.jsonl')}
+  again = _run_to_end(children, train_argv(config_path, str(workdir)))
+  assert again.lines[-1].startswith(f'{workdir} already finished at step {STEPS} '
+                                    f'(config.num_train_steps={STEPS}); nothing to train')
+  assert not any(l.startswith(('Resuming', 'step', 'Training')) for l in again.lines)
+  assert {f: (workdir / f).read_text() for f in before} == before
+  # Going on with another schedule: said in one line; config.json keeps both segments'.
+  more = _run_to_end(children, train_argv(config_path, str(workdir),
+                                          f'--config.num_train_steps={STEPS + 2}',
+                                          '--config.learning_rate=0.005'))
+  changed = [l for l in more.lines if l.startswith('Changed ')]
+  assert changed == [f'Changed from step {STEPS} on: learning_rate 0.01 -> 0.005, '
+                     f'num_train_steps {STEPS} -> {STEPS + 2} (config.json keeps each '
+                     "segment's settings under 'history')."], more.lines[:8]
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['num_train_steps'] == STEPS + 2 and saved['learning_rate'] == 0.005
+  assert saved['history'] == [{'from_step': STEPS, 'changed': {
+      'learning_rate': [0.01, 0.005], 'num_train_steps': [STEPS, STEPS + 2]}}]
+  assert runs.workdir_config(str(workdir)).num_train_steps == STEPS + 2  # history left out
 
 
 def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(straight, children, tmp_path):

@@ -21,6 +21,7 @@ from latent_flax import tasks, trainer
 from latent_flax.evaluation import decode, retrieval
 from latent_flax.experiments import report
 from latent_flax.tasks import babi, books, corpus, haystack, passkey
+from latent_flax.tasks import data as data_lib
 from tests import helpers
 
 PASSKEY, BABI = haystack.get_probe('passkey'), haystack.get_probe('babi')
@@ -166,6 +167,15 @@ def test_probes_mixed_into_a_corpus_at_their_rates(tmp_path):
     assert any(w.encode() in text for w in words)
   # The validation split is not mixed.
   assert not isinstance(tasks.load(config.data, 'validation'), haystack.Mixed)
+  # probe_weights='answer': probe rows weight their answers' bytes only, corpus rows all.
+  config.data.probe_weights = 'answer'
+  answered = tasks.load(config.data, 'train').get(ids)
+  assert np.all(answered['weights'][:W] == 1)
+  for i, (row, targets, w) in enumerate(zip(probes, answered['targets'][W:],
+                                            answered['weights'][W:])):
+    doc = mixed.document(W + i)
+    assert w.sum() == len(doc.answer)
+    assert bytes(targets[w > 0].astype(np.uint8).tolist()) == doc.answer
 
 
 @pytest.mark.parametrize('fields, match', [
@@ -173,6 +183,7 @@ def test_probes_mixed_into_a_corpus_at_their_rates(tmp_path):
     ({'data.babi_rate': 1.0}, 'babi_rate'),
     ({'data.passkey_rate': 0.6, 'data.babi_rate': 0.5}, 'sum to 1.1'),
     ({'data.passkey_rate': 0.1, 'data.seq_len': 32}, 'too short'),
+    ({'data.probe_weights': 'answers'}, "probe_weights='answers' is unknown"),
 ])
 def test_bad_probe_rates_are_one_line(tmp_path, fields, match):
   config = helpers.tiny_config(tmp_path, **fields)
@@ -181,10 +192,21 @@ def test_bad_probe_rates_are_one_line(tmp_path, fields, match):
   assert '\n' not in str(e.value)
 
 
-def test_carrying_state_refuses_mixed_windows(tmp_path):
-  config = helpers.tiny_config(tmp_path, **{'data.seq_len': 256, 'data.passkey_rate': 0.1})
-  with pytest.raises(ValueError, match='passkey_rate'):
-    tasks.get(config.data.name).documents(config.data, 'train')
+def test_carrying_state_reads_probe_documents_among_the_corpus_documents(tmp_path):
+  config = helpers.tiny_config(tmp_path, **{'data.seq_len': 256, 'data.passkey_rate': 0.25,
+                                            'data.probe_document_bytes': 1024,
+                                            'data.document_bytes': 512})  # pieces: documents
+  source = tasks.get(config.data.name).documents(config.data, 'train')
+  assert isinstance(source, haystack.MixedDocuments)
+  assert source.num_documents > source.base.num_documents
+  stream = data_lib.DocumentStream(source, 2, seed=0)
+  rows = [b'', b'']
+  for _ in range(source.num_documents * 4):
+    for r, targets in enumerate(next(stream)['targets']):
+      rows[r] += bytes(targets.astype(np.uint8).tolist())
+  assert any(passkey.QUESTION in text for text in rows)  # read in turn, window by window
+  assert not isinstance(tasks.get(config.data.name).documents(config.data, 'validation'),
+                        haystack.MixedDocuments)
 
 
 # --------------------------------------------------------------------------- #

@@ -46,8 +46,8 @@ def test_a_kind_registered_in_a_test_trains_evaluates_and_is_reported(tmp_path,
                                                                       prefix_mean_kind):
   sweep_dir = tmp_path / 'sweep'
   workdir = str(sweep_dir / 'attn=prefix_mean')
-  config = tiny_config(tmp_path, 'prefix_mean', num_train_steps=2, log_every_steps=1,
-                       eval_every_steps=2, checkpoint_every_steps=2)
+  config = tiny_config(tmp_path, 'prefix_mean', num_train_steps=2, warmup_steps=1,
+                       log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=2)
   final = trainer.train_and_evaluate(config, workdir)
   assert final['step'] == 2 and math.isfinite(final['eval_bits_per_byte'])
   params = runs.restore_checkpoint(workdir, config).state.params

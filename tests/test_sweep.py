@@ -396,3 +396,82 @@ def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_
   log = open(job.paths.stdout).read()
   resumed = re.search(r'Resuming from checkpoint step (\d+)', log)
   assert resumed and 4 <= int(resumed.group(1)) < 40, log[-2000:]
+
+
+def test_point_names_are_one_safe_folder_for_any_value():
+  values = ['/data/a.txt', '/data/a_txt', 'data/a.txt', '/other/a.txt', 'a b,c=d', '../x',
+            'x' * 300, '/']
+  names = [sweep_lib.point_name({'data.path': v}) for v in values]
+  assert len(set(names)) == len(values), names  # one workdir each
+  for name in names:
+    assert re.fullmatch(r'data\.path=[A-Za-z0-9_.:+@%-]+', name) and len(name) < 80, name
+  # A name that was safe stays as it was (the workdirs of sweeps run before).
+  point = {'model.attention': 'causal_latent', 'model.num_latents': 16, 'learning_rate': 0.003,
+           'data.name': 'tfds:tiny_shakespeare', 'model.latent_decay': 'multiscale'}
+  assert sweep_lib.point_name(point) == ('attn=causal_latent,m=16,lr=0.003,'
+                                         'data.name=tfds:tiny_shakespeare,decay=multiscale')
+
+
+@pytest.mark.slow  # runs sweep.py in child processes
+def test_a_sweep_over_paths_runs_each_point_in_its_own_folder_and_reports_it(tmp_path):
+  config_path = write_config_module(tmp_path, num_train_steps=4, log_every_steps=2,
+                                    checkpoint_every_steps=4, eval_every_steps=4)
+  corpus = (tmp_path / 'corpus.txt').read_text()
+  paths = []
+  for folder in ('a', 'b'):  # the same file name in two folders
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / 'corpus.txt').write_text(corpus)
+    paths.append(str(tmp_path / folder / 'corpus.txt'))
+  sweep_file = tmp_path / 'paths.py'
+  sweep_file.write_text(f"BASE = {config_path!r}\n\n"
+                        f"def get_sweep():\n  return [{{'data.path': p}} for p in {paths!r}]\n")
+  workdir = tmp_path / 'sweep'
+  child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={workdir}'])
+  assert child.finish() == 0, child.lines[-20:]
+  names = [sweep_lib.point_name({'data.path': p}) for p in paths]
+  assert all(report_lib.is_done(str(workdir / n)) for n in names)
+  with open(workdir / 'report.csv') as f:
+    assert sorted(r['run'] for r in csv.DictReader(f)) == sorted(names)
+
+
+def test_slurm_where_there_is_none_is_one_line_before_anything_is_written(tmp_path,
+                                                                          monkeypatch):
+  from latent_flax.experiments import launch
+  monkeypatch.setenv('PATH', str(tmp_path))  # no sbatch, no srun
+  with pytest.raises(ValueError, match=r'^--launcher=slurm: Slurm is not available here '
+                     r'\(sbatch and srun not on PATH\); run the sweep where Slurm is') as err:
+    launch.executor('slurm', str(tmp_path / 'jobs'), timeout_min=10)
+  assert '\n' not in str(err.value) and not (tmp_path / 'jobs').exists()
+
+
+@pytest.mark.slow  # runs sweep.py, whose job runs train.py
+def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
+  from latent_flax.training import workdir_lock
+  config_path = write_config_module(tmp_path, num_train_steps=100_000, log_every_steps=1,
+                                    checkpoint_every_steps=50_000, eval_every_steps=50_000)
+  sweep_file = tmp_path / 'one_point.py'
+  sweep_file.write_text(f"BASE = {config_path!r}\n\n"
+                        "def get_sweep():\n  return [{'model.num_latents': 2}]\n")
+  workdir = tmp_path / 'sweep'
+  point = workdir / 'm=2'
+  child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={workdir}',
+                 '--launcher=submitit_local', '--slurm_time_min=20'])
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not (point / 'metrics.jsonl').exists():
+      time.sleep(0.5)
+    assert (point / 'metrics.jsonl').exists(), child.lines[-20:]  # the job is training
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.finish(timeout=300) == 128 + signal.SIGTERM
+  finally:
+    child.kill()
+  said = [l for l in child.lines if l.startswith('Stopped by SIGTERM')]
+  assert len(said) == 1 and 'cancelled 1 running job(s)' in said[0], child.lines[-10:]
+  assert 'still running' not in said[0]
+  assert not any('Traceback' in l for l in child.lines), child.lines
+  # No trainer is left, and it saved the step it stopped at: the same command resumes.
+  assert workdir_lock.wait_released(str(point), 0)
+  saved = [int(d) for d in os.listdir(point / 'checkpoints') if d.isdigit()]
+  assert saved and 0 < max(saved) < 50_000
+  logs = ''.join(p.read_text() for p in (workdir / 'submitit').glob('*_log.out'))
+  assert f'Received SIGTERM: saved checkpoint step {max(saved)} ' in logs

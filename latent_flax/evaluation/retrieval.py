@@ -206,7 +206,8 @@ def probe_checkpoint(workdir: str, probe_name: str, lengths: list[int], depths: 
       'probe': probe.name, 'title': probe.title, 'options': options,
       'chance': probe.chance(options), 'workdir': os.path.abspath(workdir),
       'step': restored.step, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-      'command': command, 'attention': kind.label(config.model), 'decode': kind.decode,
+      'command': command, 'attention': kind.label(config.model) + (
+          ' carried' if config.get('carry_state') else ''), 'decode': kind.decode,
       'trained_seq_len': config.data.seq_len, 'segment': segment, 'haystack': haystack_name,
       'dataset': config.data.name, 'lengths': list(lengths), 'depths': list(depths),
       'samples': samples, 'seed': seed,

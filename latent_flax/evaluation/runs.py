@@ -154,6 +154,7 @@ def evaluation_config(config: ml_collections.ConfigDict, *, seq_len: int | None 
       raise ValueError("--stream_segment runs in one process; leave it out of multi-process "
                        "evaluation.")
   config_lib.validate_config(config)
+  config_lib.validate_platform(config)
   return config
 
 
@@ -258,6 +259,7 @@ def sample_from_checkpoint(workdir: str, prompt: str, max_new_tokens: int,
   and the speed of the whole call (prefill, compilation and sampling included).
   """
   config = workdir_config(workdir, config)
+  config_lib.validate_platform(config)
   task = tasks.get(config.data.name)
   if task.kind != 'lm':
     raise ValueError(f"{workdir} holds a {task.kind} model of data set {config.data.name!r}, "

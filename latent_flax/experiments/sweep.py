@@ -17,8 +17,10 @@ another (`run_sweep`). What the points wrote is read back and drawn by report.py
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -90,9 +92,26 @@ def load_sweep(path: str) -> Sweep:
   return Sweep(module.BASE, common, points, report)
 
 
+_UNSAFE = re.compile(r'[^A-Za-z0-9_.:+@%-]')  # in a value: '/', ',', '=', spaces, ...
+_LONGEST_VALUE = 48                          # characters of a value kept in a name
+
+
+def _name_value(value: Any) -> str:
+  """`value` as it reads in a workdir name: as written where that is safe, else with
+  each unsafe character (a path's '/') replaced by '_' and a digest of the value
+  appended, so that two values never share a name (and a long one is cut)."""
+  text = str(value)
+  safe = _UNSAFE.sub('_', text)
+  if safe == text and len(text) <= _LONGEST_VALUE:
+    return text
+  digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+  return f"{safe.strip('_')[-_LONGEST_VALUE:]}-{digest}"
+
+
 def point_name(overrides: dict[str, Any]) -> str:
-  """Sub-workdir name in the config arguments' short names, e.g. 'attn=full,m=16,heads=2'."""
-  return ','.join(f"{config_lib.short_name(k)}={v}" for k, v in overrides.items())
+  """Sub-workdir name in the config arguments' short names, e.g. 'attn=full,m=16,heads=2';
+  one folder for any value ('data.path=data_a.txt-<8 hex digits>' for '/data/a.txt')."""
+  return ','.join(f"{config_lib.short_name(k)}={_name_value(v)}" for k, v in overrides.items())
 
 
 def point_config(sweep: Sweep, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -197,7 +216,8 @@ def submit_sweep(sweep: Sweep, workdir: str, ex, *, nodes: int = 1) -> list:
     argv = point_argv(sweep, overrides, workdir) + (['--distributed=auto'] if nodes > 1 else [])
     tasks.append(launch.PointTask(argv, sub))
     names.append(f"[{i}/{len(sweep.points)}] {point_name(overrides)}")
-  jobs = launch.submit(ex, tasks) if tasks else []
+  log = os.path.join(workdir, 'submitit', 'controllers.log')
+  jobs = launch.submit(ex, tasks, controller_log=log) if tasks else []
   for name, job in zip(names, jobs):
     print(f"{name}: submitted as job {job.job_id}", flush=True)
   return jobs

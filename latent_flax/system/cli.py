@@ -49,6 +49,36 @@ def describe(e: BaseException) -> str:
       type(e).__name__)
 
 
+def _missing_field(e: Exception) -> tuple[str, str | None]:
+  """(the field name, ml_collections' 'Did you mean' suggestion or None) of its error
+  for a field a config does not have."""
+  while e.args and isinstance(e.args[0], Exception):  # an AttributeError of a KeyError
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  first, *rest = text.splitlines() or ['']
+  suggestion = re.search(r'Did you mean "([^"]+)"', ' '.join(rest))
+  return first.strip().strip('"\''), suggestion.group(1) if suggestion else None
+
+
+def take_config_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """(argv without them, [(field, value)]) of the `--config.<field>=<value>` arguments of
+  an entry point that reads a workdir's config.json: absl knows such flags only with a
+  config file, so they are taken out before it parses argv (left in when --config=FILE
+  is given). One line for such an argument without a value."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv):
+    return argv, []
+  rest, overrides = [], []
+  for arg in argv:
+    if not arg.startswith('--config.'):
+      rest.append(arg)
+      continue
+    field, sep, value = arg[len('--config.'):].partition('=')
+    if not sep:
+      fail(f"{arg}: give the value as --config.{field}=VALUE.")
+    overrides.append((field, value))
+  return rest, overrides
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -59,11 +89,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
       first = first.split(': ')[0] + ': ' + _essential_line(text)
     fail(first)
   except (AttributeError, KeyError) as e:  # ml_collections: an override of no field
-    name = str(e).strip('"\'')
+    name, suggestion = _missing_field(e)
     overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
     culprit = next((o for o in overrides if o.split('.')[-1] == name), f'--config...{name}')
-    fail(f"{culprit}: {name!r} is not a config field; the fields and their defaults are in "
-         "configs/base.py and latent_flax/model.py (ModelConfig).")
+    fail(f"{culprit}: {name!r} is not a config field"
+         + (f" (did you mean {suggestion!r}?)" if suggestion else '')
+         + "; the fields and their defaults are in configs/base.py and latent_flax/model.py "
+         "(ModelConfig).")
   except USER_ERRORS as e:  # a config module's get_config(arg) refusing its argument
     fail(describe(e))
   except SyntaxError as e:

@@ -51,13 +51,19 @@ class FilePart(NamedTuple):
   stop: int
 
 
-def cache_dir(data_config) -> str:
-  """config.data.cache_dir, else $LATENT_FLAX_CACHE, else ~/.cache/latent_flax (XDG)."""
+def cache_root(data_config) -> str:
+  """config.data.cache_dir, else $LATENT_FLAX_CACHE, else ~/.cache/latent_flax (XDG): the
+  one place data is prepared into."""
   chosen = data_config.get('cache_dir') or os.environ.get('LATENT_FLAX_CACHE')
   if not chosen:
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join('~', '.cache')
     chosen = os.path.join(base, 'latent_flax')
-  return os.path.join(os.path.expanduser(chosen), 'corpora')
+  return os.path.expanduser(chosen)
+
+
+def cache_dir(data_config) -> str:
+  """Where corpus splits are prepared: corpora/ in cache_root."""
+  return os.path.join(cache_root(data_config), 'corpora')
 
 
 @dataclasses.dataclass(frozen=True)

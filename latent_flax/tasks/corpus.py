@@ -313,7 +313,11 @@ class Corpus(registry.Task):
     need_int('config.data.document_bytes', data_config.get('document_bytes') or 0, 0,
              ' (0 = whole documents)')
     need_int('config.data.probe_document_bytes', data_config.get('probe_document_bytes') or 0,
-             0, ' (at most seq_len + 1 = seq_len + 1)')
+             0, ' (0: seq_len + 1, one window)')
+    weights = data_config.get('probe_weights') or 'all'
+    if weights not in ('all', 'answer'):
+      raise ValueError(f"config.data.probe_weights={weights!r} is unknown; use 'all' (every "
+                       "byte of a probe document) or 'answer' (its answer's bytes only).")
     haystack.validate_rates(data_config)
     for probe, _ in haystack.rates(data_config):
       probe.check_length(data_config.seq_len + 1, data_config, 'config.data.seq_len + 1')

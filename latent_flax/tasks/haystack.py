@@ -14,7 +14,9 @@ them are probe documents of seq_len + 1 bytes whose haystack is the corpus's own
 every byte weighted as in any window (the answer's bytes are a few of them). A run that
 carries state (config.carry_state) reads documents in order instead (MixedDocuments): that
 fraction of its documents are probe documents up to config.data.probe_document_bytes
-long, read window by window, the key asked for windows after it was stated. Documents are
+long, read window by window, the key asked for windows after it was stated.
+config.data.probe_weights='answer' weights only the answers' bytes of probe documents
+(default 'all': every byte, as any text). Documents are
 drawn from (seed, stream, index): the same id gives the same document in every process.
 """
 
@@ -214,9 +216,25 @@ class Mixed:
     own = ids < self.base.num_windows
     batch = self.base.get(np.where(own, ids, 0))
     for row in np.nonzero(~own)[0]:
-      tokens = self.document(int(ids[row])).tokens.astype(np.int32)
+      doc = self.document(int(ids[row]))
+      tokens = doc.tokens.astype(np.int32)
       batch['inputs'][row], batch['targets'][row] = tokens[:-1], tokens[1:]
+      if answers_only(self.data_config):
+        batch['weights'][row] = answer_weights(doc, 0, self.seq_len)
     return batch
+
+
+def answers_only(data_config) -> bool:
+  """config.data.probe_weights == 'answer': probe documents mixed into training weight
+  only their answer's bytes (the loss asks for retrieval and nothing else there)."""
+  return (data_config.get('probe_weights') or 'all') == 'answer'
+
+
+def answer_weights(doc: Document, offset: int, n: int) -> np.ndarray:
+  """float32 [n]: 1 where the window at `offset` predicts an answer byte (input position
+  p predicts byte offset + p + 1)."""
+  return (offset + np.arange(n) + 1 >= doc.answer_start).astype(np.float32) * (
+      offset + np.arange(n) + 1 < len(doc.tokens))
 
 
 class MixedDocuments:
@@ -251,21 +269,25 @@ class MixedDocuments:
       first += n
     raise IndexError(f"document {i} is past the {self.num_documents} documents.")
 
-  def _probe(self, i: int) -> data_lib.Documents:
+  def _probe(self, i: int) -> tuple[Document, data_lib.Documents]:
     if i not in self._made:
       if len(self._made) >= self.CACHED:
         self._made.pop(next(iter(self._made)))
-      tokens = self.probe_document(i).tokens
-      self._made[i] = data_lib.Documents(tokens, [(0, len(tokens))], self.seq_len)
+      doc = self.probe_document(i)
+      self._made[i] = doc, data_lib.Documents(doc.tokens, [(0, len(doc.tokens))], self.seq_len)
     return self._made[i]
 
   def length(self, doc: int) -> int:
-    return self.base.length(doc) if doc < self.base.num_documents else self._probe(doc).length(0)
+    return self.base.length(doc) if doc < self.base.num_documents else self._probe(doc)[1].length(0)
 
   def window(self, doc: int, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if doc < self.base.num_documents:
       return self.base.window(doc, offset)
-    return self._probe(doc).window(0, offset)
+    made, source = self._probe(doc)
+    inputs, targets, weights = source.window(0, offset)
+    if answers_only(self.data_config):
+      weights = answer_weights(made, offset, self.seq_len)
+    return inputs, targets, weights
 
 
 def mixed_documents(base: data_lib.Documents, data_config) -> data_lib.Documents | MixedDocuments:

@@ -15,7 +15,8 @@ the range are drawn again. Each split has its own random stream of the seed
 
 Tokens: 0 padding, 1-10 digits 0-9, 11-14 `[MAX` `[MIN` `[MED` `[SM`, 15 `]`.
 The data set is a local tfds builder (`ListOps`, one builder config per parameter
-set), prepared once under config.data.data_dir; examples are padded to seq_len.
+set), prepared once under config.data.data_dir (else tfds/ in the cache directory);
+examples are padded to seq_len.
 """
 
 from __future__ import annotations
@@ -169,13 +170,12 @@ def _params(data_config) -> dict:
 
 def load(data_config, split: str) -> dict[str, np.ndarray]:
   """{'inputs' [E, seq_len], 'mask', 'targets' [E], 'weights' [E]} of one split."""
-  import os
-  data_dir = os.path.expanduser(data_config.data_dir) if data_config.get('data_dir') else None
-  return _load(tuple(sorted(_params(data_config).items())), data_config.seq_len, data_dir, split)
+  return _load(tuple(sorted(_params(data_config).items())), data_config.seq_len,
+               tfds_source.builtin_data_dir(data_config), split)
 
 
 @functools.lru_cache(maxsize=6)
-def _load(params: tuple, seq_len: int, data_dir: str | None, split: str):
+def _load(params: tuple, seq_len: int, data_dir: str, split: str):
   builder = tfds_source.prepared(builder_class(), 'ListOps', params=dict(params),
                                  data_dir=data_dir)
   examples = sorted(tfds_source.examples(builder, split), key=lambda e: e['index'])

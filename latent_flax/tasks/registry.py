@@ -73,6 +73,11 @@ class Task:
   def lower_is_better(self) -> bool:
     return lower_is_better(self.metric)
 
+  @property
+  def loss_unit(self) -> str:
+    """What a loss is measured in: nats per target ('nats/byte', 'nats/example')."""
+    return 'nats/' + self.target_unit.removesuffix('s')
+
   def describe(self, r: dict) -> list[str]:
     """eval.py's printed lines for a result."""
     if self.metric == 'eval_bits_per_byte':
@@ -84,7 +89,8 @@ class Task:
         lines.append('  by bytes of context: ' + '  '.join(
             f"{k} {v:.3f}" for k, v in r['bits_by_context'].items()))
       return lines
-    return [f"step {r['step']}  loss {r['loss']:.4f}  {self.accuracy_label} {r['accuracy']:.4f}"
+    return [f"step {r['step']}  loss {r['loss']:.4f} {self.loss_unit}  {self.accuracy_label} "
+            f"{r['accuracy']:.4f}"
             f"  over {r['tokens']:,} {self.target_unit} of the {r['split']} split of "
             f"{r['dataset']}"]
 

@@ -2,23 +2,58 @@
 
 tfds writes and reads ArrayRecord files without TensorFlow (`as_data_source()`: random
 access by index, examples as numpy); TFRecord files need tf.data. The built-in builders
-(the stdlib corpus, ListOps) are prepared once as ArrayRecord; a catalog dataset must have
-been prepared in that format where there is network.
+(the stdlib corpus, ListOps) are prepared once as ArrayRecord, into config.data.data_dir
+or else tfds/ in the cache directory (nothing under ~/tensorflow_datasets), with one line
+of ours and none of tfds's (it would announce a download that does not happen); a catalog
+dataset must have been prepared in that format where there is network.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+
+from latent_flax.tasks import byte_cache
+
 FILE_FORMAT = 'array_record'
 
 
-def prepared(builder_cls, what: str, **kwargs):
-  """An instance of a local builder, prepared once (as ArrayRecord) if it is not yet."""
-  builder = builder_cls(file_format=FILE_FORMAT, **kwargs)
-  if not builder.is_prepared():
+def builtin_data_dir(data_config) -> str:
+  """Where a built-in builder is prepared: config.data.data_dir, else tfds/ beside the
+  prepared corpora (byte_cache.cache_root)."""
+  if data_config.get('data_dir'):
+    return os.path.expanduser(data_config.data_dir)
+  return os.path.join(byte_cache.cache_root(data_config), 'tfds')
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Without tfds's printed download notices and its logged warnings (that a folder it
+  is about to write has no dataset_info.json yet)."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.setLevel(level)
+
+
+def prepared(builder_cls, what: str, data_dir: str, **kwargs):
+  """An instance of a local builder in data_dir, prepared once (as ArrayRecord) if it is
+  not yet."""
+  with _quiet():
+    builder = builder_cls(file_format=FILE_FORMAT, data_dir=data_dir, **kwargs)
+    ready = builder.is_prepared()
+  if not ready:
     import tensorflow_datasets as tfds
     print(f"Preparing {what} into {builder.data_dir} once; later runs reuse it.", flush=True)
     tfds.disable_progress_bar()  # the line above says what happens
-    builder.download_and_prepare()
+    with _quiet():
+      builder.download_and_prepare()
   return builder
 
 

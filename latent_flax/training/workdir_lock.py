@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 
 LOCK_NAME = '.lock'
 
@@ -44,3 +45,23 @@ def hold(workdir: str):
     yield
   finally:
     os.close(fd)  # closing drops the lock
+
+
+def wait_released(workdir: str, timeout_s: float) -> bool:
+  """Waits up to timeout_s until no trainer holds workdir's lock; True when none does."""
+  path = os.path.join(workdir, LOCK_NAME)
+  deadline = time.monotonic() + max(timeout_s, 0.0)
+  while True:
+    try:
+      fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+      return True
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fd is closed below
+      return True
+    except BlockingIOError:
+      if time.monotonic() >= deadline:
+        return False
+    finally:
+      os.close(fd)
+    time.sleep(0.2)
