@@ -39,7 +39,7 @@ def data_config() -> ml_collections.ConfigDict:
                                  # documents) that are passkey documents on the corpus's
                                  # text (latent_flax/tasks/passkey.py)
   d.probe_weights = 'all'        # probe documents in training: 'all' bytes weighted, or
-                                 # 'answer' (only the answer's: the loss asks for retrieval)
+                                 # 'answer': only the answer's, as much as a window's text
   d.babi_rate = 0.0              # corpora: fraction that are bAbI qa1 fact documents (babi.py)
   d.passkey_digits = 5           # passkey documents: digits of the key
   d.babi_facts = 4               # bAbI documents: facts per document

@@ -174,7 +174,7 @@ def test_probes_mixed_into_a_corpus_at_their_rates(tmp_path):
   for i, (row, targets, w) in enumerate(zip(probes, answered['targets'][W:],
                                             answered['weights'][W:])):
     doc = mixed.document(W + i)
-    assert w.sum() == len(doc.answer)
+    np.testing.assert_allclose(w.sum(), 256)  # the answer counts as a window of text
     assert bytes(targets[w > 0].astype(np.uint8).tolist()) == doc.answer
 
 

@@ -22,6 +22,9 @@ documents of 64 KB (document_bytes), each row its own, the state reset between t
          Transformer-XL memory of 2,048 tokens; mla with the same memory.
   clock  the kinds slower than causal_latent trained for the wall-clock of its 250 steps
          (their steps from the paired step times of benchmarks/results/carry_cost.json).
+  retrieval  m64 blank and carried, 500 steps, half the documents passkeys weighted on
+         their answers only (config.data.probe_weights='answer'), carried ones up to 16 KB:
+         does a loss that asks for retrieval teach the state to keep a key?
 """
 
 BASE = 'configs/base.py'
@@ -31,7 +34,13 @@ COMMON = {'data.name': 'text_files', 'data.path': 'data/books', 'data.seq_len': 
           'eval_every_steps': 125, 'checkpoint_every_steps': 125, 'num_eval_steps': 5}
 LATENT = {'model.attention': 'causal_latent', 'model.num_latents': 64}
 CARRIED = {'carry_state': True, 'data.probe_document_bytes': 65536}
-PRESETS = ('bytes', 'clock')
+PRESETS = ('bytes', 'clock', 'retrieval')
+# The design change the bytes preset points to: a loss that asks for retrieval. Half the
+# documents (windows) are passkey documents weighted on their answers only; carried ones
+# 4,097 to 16,384 bytes long, so that most keys are asked for one to three windows later.
+RETRIEVAL = {'data.passkey_rate': 0.5, 'data.probe_weights': 'answer',
+             'num_train_steps': 500, 'warmup_steps': 50, 'eval_every_steps': 250,
+             'checkpoint_every_steps': 250}
 
 
 # Parameters matched to m64 as configs/full.py and configs/mla.py do (a wider MLP).
@@ -49,6 +58,9 @@ def get_sweep(preset: str):
             {**FULL, 'carry_state': False},
             {**FULL, 'model.memory': 2048, **CARRIED},
             {**MLA, 'model.memory': 2048, **CARRIED}]
+  if preset == 'retrieval':
+    return [{**LATENT, 'carry_state': False, **RETRIEVAL},
+            {**LATENT, 'carry_state': True, **RETRIEVAL, 'data.probe_document_bytes': 16384}]
   # clock: steps = 250 x (carried causal_latent's step time / the kind's), paired step
   # times of benchmarks/results/carry_cost_mem2048.json.
   return [{**FULL, 'carry_state': False, 'num_train_steps': CLOCK['full'],

@@ -15,7 +15,8 @@ every byte weighted as in any window (the answer's bytes are a few of them). A r
 carries state (config.carry_state) reads documents in order instead (MixedDocuments): that
 fraction of its documents are probe documents up to config.data.probe_document_bytes
 long, read window by window, the key asked for windows after it was stated.
-config.data.probe_weights='answer' weights only the answers' bytes of probe documents
+config.data.probe_weights='answer' weights only the answers' bytes of probe documents,
+each by seq_len / its answer's length, so that an answer counts as a window of text
 (default 'all': every byte, as any text). Documents are
 drawn from (seed, stream, index): the same id gives the same document in every process.
 """
@@ -226,15 +227,17 @@ class Mixed:
 
 def answers_only(data_config) -> bool:
   """config.data.probe_weights == 'answer': probe documents mixed into training weight
-  only their answer's bytes (the loss asks for retrieval and nothing else there)."""
+  only their answer's bytes, each by n / len(answer), so that an answer counts in the
+  loss as much as a window of n text bytes (the loss asks for retrieval there)."""
   return (data_config.get('probe_weights') or 'all') == 'answer'
 
 
 def answer_weights(doc: Document, offset: int, n: int) -> np.ndarray:
-  """float32 [n]: 1 where the window at `offset` predicts an answer byte (input position
-  p predicts byte offset + p + 1)."""
-  return (offset + np.arange(n) + 1 >= doc.answer_start).astype(np.float32) * (
-      offset + np.arange(n) + 1 < len(doc.tokens))
+  """float32 [n]: n / len(answer) where the window at `offset` predicts an answer byte
+  (input position p predicts byte offset + p + 1), else 0."""
+  predicted = offset + np.arange(n) + 1
+  hit = (predicted >= doc.answer_start) & (predicted < len(doc.tokens))
+  return hit.astype(np.float32) * np.float32(n / len(doc.answer))
 
 
 class MixedDocuments:
