@@ -61,12 +61,29 @@ def get_sweep(preset: str):
   if preset == 'retrieval':
     return [{**LATENT, 'carry_state': False, **RETRIEVAL},
             {**LATENT, 'carry_state': True, **RETRIEVAL, 'data.probe_document_bytes': 16384}]
-  # clock: steps = 250 x (carried causal_latent's step time / the kind's), paired step
-  # times of benchmarks/results/carry_cost_mem2048.json.
-  return [{**FULL, 'carry_state': False, 'num_train_steps': CLOCK['full'],
-           'warmup_steps': CLOCK['full'] // 10},
-          {**FULL, 'model.memory': 2048, **CARRIED, 'num_train_steps': CLOCK['full_memory'],
-           'warmup_steps': CLOCK['full_memory'] // 10}]
+  # clock: each kind's steps = 250 x (carried causal_latent's step time / the kind's),
+  # from the paired step times `python benchmarks/carry_cost.py --kinds causal_latent full
+  # --memory 2048` wrote.
+  steps = clock_steps()
+  return [{**FULL, 'carry_state': False, 'num_train_steps': steps['full'],
+           'warmup_steps': steps['full'] // 10},
+          {**FULL, 'model.memory': 2048, **CARRIED, 'num_train_steps': steps['full_memory'],
+           'warmup_steps': steps['full_memory'] // 10}]
 
 
-CLOCK = {'full': 125, 'full_memory': 85}  # set from the measured step times before running
+CLOCK_TIMES = 'benchmarks/results/carry_cost_mem2048.json'
+
+
+def clock_steps(steps: int = 250) -> dict:
+  """{'full': ..., 'full_memory': ...}: the steps that take carried m64's `steps` steps' time."""
+  import json
+  import os
+  path = os.path.join(os.path.dirname(__file__), '..', '..', CLOCK_TIMES)
+  if not os.path.exists(path):
+    raise ValueError(f"the clock preset needs {CLOCK_TIMES}: run `python benchmarks/"
+                     "carry_cost.py --kinds causal_latent full --memory 2048 --out "
+                     "benchmarks/results/carry_cost_mem2048` first.")
+  records = {r['kind']: r for r in json.load(open(path))['records']}
+  latent = records['causal_latent']['seconds_carry']
+  return {'full': round(steps * latent / records['full']['seconds_blank']),
+          'full_memory': round(steps * latent / records['full']['seconds_carry'])}
