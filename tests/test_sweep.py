@@ -462,7 +462,7 @@ def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
       time.sleep(0.5)
     assert (point / 'metrics.jsonl').exists(), child.lines[-20:]  # the job is training
     child.proc.send_signal(signal.SIGTERM)
-    assert child.finish(timeout=300) == 128 + signal.SIGTERM
+    assert child.finish(timeout=600) == 128 + signal.SIGTERM  # launch.wait gives 300 s
   finally:
     child.kill()
   said = [l for l in child.lines if l.startswith('Stopped by SIGTERM')]

@@ -26,14 +26,16 @@ from latent_flax import tasks
 
 class _DropNotices(logging.Filter):
   """Orbax's notices about what we do on purpose: that a read-only manager is read-only
-  (eval.py, generate.py), and that a step saved between evaluations has no metrics (it
-  is kept as one of the latest, never as the best)."""
+  (eval.py, generate.py), that a step saved between evaluations has no metrics (it
+  is kept as one of the latest, never as the best), and that a save waited for the
+  previous one's background write (on a loaded machine: a second, not a fault)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     message = record.getMessage()
     return not (record.levelno <= logging.WARNING
                 and ('read_only' in message or 'read only' in message
-                     or 'did not provide metrics' in message))
+                     or 'did not provide metrics' in message
+                     or 'Waiting for previous save' in message))
 
 
 @contextlib.contextmanager
