@@ -20,9 +20,10 @@ documents of 64 KB (document_bytes), each row its own, the state reset between t
   bytes  every kind for the same 250 steps (2,048,000 training bytes): causal_latent M=64
          blank and carried, multiscale carried; full attention blank and with a
          Transformer-XL memory of 2,048 tokens; mla with the same memory.
-  clock  the kinds slower than causal_latent trained for the wall-clock of its 250 steps
-         (their steps from the paired step times of benchmarks/results/carry_cost.json).
-  retrieval  m64 blank and carried, 500 steps, half the documents passkeys weighted on
+  clock  full attention trained for the wall-clock of carried m64's 250 steps (its steps
+         from the paired step times of benchmarks/results/carry_cost.json); the peer's
+         steps from its own step time (benchmarks/xl_peer.py train --steps).
+  retrieval  m64 blank and carried, 400 steps, half the documents passkeys weighted on
          their answers only (config.data.probe_weights='answer'), carried ones up to 16 KB:
          does a loss that asks for retrieval teach the state to keep a key?
 """
@@ -39,8 +40,8 @@ PRESETS = ('bytes', 'clock', 'retrieval')
 # documents (windows) are passkey documents weighted on their answers only; carried ones
 # 4,097 to 16,384 bytes long, so that most keys are asked for one to three windows later.
 RETRIEVAL = {'data.passkey_rate': 0.5, 'data.probe_weights': 'answer',
-             'num_train_steps': 500, 'warmup_steps': 50, 'eval_every_steps': 250,
-             'checkpoint_every_steps': 250}
+             'num_train_steps': 400, 'warmup_steps': 40, 'eval_every_steps': 200,
+             'checkpoint_every_steps': 200}
 
 
 # Parameters matched to m64 as configs/full.py and configs/mla.py do (a wider MLP).
@@ -61,29 +62,22 @@ def get_sweep(preset: str):
   if preset == 'retrieval':
     return [{**LATENT, 'carry_state': False, **RETRIEVAL},
             {**LATENT, 'carry_state': True, **RETRIEVAL, 'data.probe_document_bytes': 16384}]
-  # clock: each kind's steps = 250 x (carried causal_latent's step time / the kind's),
-  # from the paired step times `python benchmarks/carry_cost.py --kinds causal_latent full
-  # --memory 2048` wrote.
+  # clock: full attention's steps = 250 x (carried causal_latent's step time / full's),
+  # from the paired step times of benchmarks/results/carry_cost.json (one run, 4,096 x 2).
   steps = clock_steps()
   return [{**FULL, 'carry_state': False, 'num_train_steps': steps['full'],
-           'warmup_steps': steps['full'] // 10},
-          {**FULL, 'model.memory': 2048, **CARRIED, 'num_train_steps': steps['full_memory'],
-           'warmup_steps': steps['full_memory'] // 10}]
+           'warmup_steps': steps['full'] // 10}]
 
 
-CLOCK_TIMES = 'benchmarks/results/carry_cost_mem2048.json'
+CLOCK_TIMES = 'benchmarks/results/carry_cost.json'
 
 
 def clock_steps(steps: int = 250) -> dict:
-  """{'full': ..., 'full_memory': ...}: the steps that take carried m64's `steps` steps' time."""
+  """{'full': n}: the steps of blank full attention that take carried m64's `steps` steps'
+  time."""
   import json
   import os
   path = os.path.join(os.path.dirname(__file__), '..', '..', CLOCK_TIMES)
-  if not os.path.exists(path):
-    raise ValueError(f"the clock preset needs {CLOCK_TIMES}: run `python benchmarks/"
-                     "carry_cost.py --kinds causal_latent full --memory 2048 --out "
-                     "benchmarks/results/carry_cost_mem2048` first.")
   records = {r['kind']: r for r in json.load(open(path))['records']}
   latent = records['causal_latent']['seconds_carry']
-  return {'full': round(steps * latent / records['full']['seconds_blank']),
-          'full_memory': round(steps * latent / records['full']['seconds_carry'])}
+  return {'full': round(steps * latent / records['full']['seconds_blank'])}
