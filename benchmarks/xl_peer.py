@@ -175,7 +175,7 @@ def train(args) -> None:
     torch.nn.utils.clip_grad_norm_(model.parameters(), s['grad_clip_norm'])
     opt.step()
     mem.write(new, x.shape[1])
-    losses.append(float(loss))
+    losses.append(float(loss.detach()))
     times.append(time.perf_counter() - t0)
     if (step + 1) % 20 == 0 or step + 1 == s['steps']:
       rate = np.median(times[1:] or times)

@@ -20,9 +20,10 @@ documents of 64 KB (document_bytes), each row its own, the state reset between t
   bytes  every kind for the same 250 steps (2,048,000 training bytes): causal_latent M=64
          blank and carried, multiscale carried; full attention blank and with a
          Transformer-XL memory of 2,048 tokens; mla with the same memory.
-  clock  full attention trained for the wall-clock of carried m64's 250 steps (its steps
-         from the paired step times of benchmarks/results/carry_cost.json); the peer's
-         steps from its own step time (benchmarks/xl_peer.py train --steps).
+  clock  carried m64 for 250 steps (the bytes preset's point) against full attention
+         trained for the same wall-clock (its steps from the paired step times of
+         benchmarks/results/carry_cost.json); the peer's steps from its own step time
+         (benchmarks/xl_peer.py train --steps).
   retrieval  m64 blank and carried, 400 steps, half the documents passkeys weighted on
          their answers only (config.data.probe_weights='answer'), carried ones up to 16 KB:
          does a loss that asks for retrieval teach the state to keep a key?
@@ -65,7 +66,8 @@ def get_sweep(preset: str):
   # clock: full attention's steps = 250 x (carried causal_latent's step time / full's),
   # from the paired step times of benchmarks/results/carry_cost.json (one run, 4,096 x 2).
   steps = clock_steps()
-  return [{**FULL, 'carry_state': False, 'num_train_steps': steps['full'],
+  return [{**LATENT, **CARRIED},
+          {**FULL, 'carry_state': False, 'num_train_steps': steps['full'],
            'warmup_steps': steps['full'] // 10}]
 
 
