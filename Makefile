@@ -63,7 +63,7 @@ bench: setup peers-venv
 peers-venv: .venv-torch/.installed
 .venv-torch/.installed:
 	$(TORCH_PYTHON) -m venv .venv-torch
-	.venv-torch/bin/pip install -q torch==2.13.0 numpy
+	.venv-torch/bin/pip install -q torch==2.13.0 numpy x-transformers==2.31.10
 	touch $@
 
 peers: setup peers-venv

@@ -9,8 +9,8 @@ x-transformers, trained and read on exactly the bytes our carried runs train and
 rows reading 64 KB book pieces and passkey documents in turn, `start` flags), the
 validation documents context_use.py reads at 65,536 bytes and the passkey grid probe.py
 reads (same seed, haystack, lengths, depths), with the run's shape and optimizer
-settings, into one .npz. `train` (the torch venv: `make peers-venv` and
-`.venv-torch/bin/pip install x-transformers==2.31.10`, never project dependencies) builds
+settings, into one .npz. `train` (the torch venv: `make peers-venv`, which installs
+x-transformers==2.31.10 beside torch; never project dependencies) builds
 `TransformerWrapper(Decoder(rotary_pos_emb=True), max_mem_len=memory)` of the same width,
 depth, heads and MLP width, trains it the Transformer-XL way (each row continues its
 stream every step; `mems`, the layer inputs of the last `memory` tokens, carried and
@@ -42,8 +42,8 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def export(args) -> None:
   from latent_flax import config_lib, tasks
-  from latent_flax.evaluation import retrieval
-  from latent_flax.tasks import corpus, data as data_lib, haystack
+  from latent_flax.evaluation import retrieval, runs
+  from latent_flax.tasks import data as data_lib, haystack
   config = config_lib.load_saved_config(args.workdir)
   if not config.get('carry_state'):
     raise SystemExit(f"xl_peer.py export: {args.workdir} did not carry state; give a carried "
@@ -55,9 +55,14 @@ def export(args) -> None:
   got = [next(stream) for _ in range(steps)]
   arrays = {k: np.stack([b[k] for b in got]).astype(np.uint8) for k in
             ('inputs', 'targets', 'weights', 'start')}
-  n = args.length
-  docs = [d[:n + 1] for d in corpus.load_documents(config.data, 'validation') if len(d) > n]
-  arrays['validation'] = np.stack(docs).astype(np.uint8)
+  n = args.length  # the windows context_use.py reads: each document's first n + 1 bytes
+  source = task.load(runs.evaluation_config(config, seq_len=n, windows='documents').data,
+                     'validation')
+  windows = source.get(np.arange(source.num_windows))
+  docs = np.concatenate([windows['inputs'], windows['targets'][:, -1:]], axis=1)
+  if args.documents:
+    docs = docs[:args.documents]
+  arrays['validation'] = docs.astype(np.uint8)
   probe = haystack.get_probe('passkey')
   text = np.asarray(task.documents(config.data, 'validation').data)
   for length in LENGTHS:
@@ -262,6 +267,9 @@ def main() -> None:
   e.add_argument('--steps', type=int, default=0, help='default: the run\'s num_train_steps')
   e.add_argument('--memory', type=int, default=0, help="default: the run's model.memory")
   e.add_argument('--length', type=int, default=65536, help='validation bytes read')
+  e.add_argument('--documents', type=int, default=0,
+                 help="only the first this many validation documents (context_use.py's "
+                      "--documents; default: all)")
   e.add_argument('--samples', type=int, default=4, help='passkey documents per cell')
   t = sub.add_parser('train', help='train and read the peer (torch venv)')
   t.add_argument('--data', required=True)

@@ -21,9 +21,12 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def fail(message: str, code: int = 2):
-  """Prints `prog: message` (one line) to stderr and exits."""
+  """Prints `prog: message` (one line) to stderr and exits. What the failed work left
+  behind stays unsaid: orbax's read coroutines that raised, collected at exit, would each
+  print an 'Exception ignored in' traceback (sys.unraisablehook) after the line."""
   prog = os.path.basename(sys.argv[0])
   print(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.unraisablehook = lambda unraisable: None
   sys.exit(code)
 
 
