@@ -21,7 +21,7 @@ from tests.helpers import REPO, subprocess_env, tiny_config
 ROOT = pathlib.Path(REPO)
 README = ROOT / 'README.md'
 DOCUMENTS = [README, ROOT / 'configs' / 'README.md', *sorted((ROOT / 'docs').rglob('*.md'))]
-ENTRY_POINTS = ('train.py', 'eval.py', 'generate.py', 'sweep.py', 'compare.py')
+ENTRY_POINTS = ('train.py', 'eval.py', 'generate.py', 'sweep.py', 'compare.py', 'probe.py')
 
 _FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.M | re.S)
 _LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)[^)]*\)|^\[[^\]]+\]:\s*(\S+)', re.M)
