@@ -21,12 +21,18 @@ documents of 64 KB (document_bytes), each row its own, the state reset between t
          blank and carried, multiscale carried; full attention blank and with a
          Transformer-XL memory of 2,048 tokens; mla with the same memory.
   clock  carried m64 for 250 steps (the bytes preset's point) against full attention
-         trained for the same wall-clock (its steps from the paired step times of
-         benchmarks/results/carry_cost.json); the peer's steps from its own step time
-         (benchmarks/xl_peer.py train --steps).
+         blank and with memory, and mla with memory, each trained for the same wall-clock
+         (steps from the paired step times of benchmarks/results/carry_cost*.json); the
+         peer's steps from its own step time (benchmarks/xl_peer.py train --steps).
   retrieval  m64 blank and carried, 400 steps, half the documents passkeys weighted on
          their answers only (config.data.probe_weights='answer'), carried ones up to 16 KB:
          does a loss that asks for retrieval teach the state to keep a key?
+  ladder  where retrieval stops being learned, m64 at windows of 1,024 x 8 (the same bytes
+         per step), 300 steps, keys weighted on their answers: (1) passkey documents on
+         filler within one window (config.data.name='passkey'); (2) on book text within one
+         window (blank windows, 90% passkey); (3) on book text across windows through the
+         carried state (documents of at most 4,096 bytes: the key asked 0-3 windows after it
+         was stated).
 """
 
 BASE = 'configs/base.py'
@@ -36,13 +42,17 @@ COMMON = {'data.name': 'text_files', 'data.path': 'data/books', 'data.seq_len': 
           'eval_every_steps': 125, 'checkpoint_every_steps': 125, 'num_eval_steps': 5}
 LATENT = {'model.attention': 'causal_latent', 'model.num_latents': 64}
 CARRIED = {'carry_state': True, 'data.probe_document_bytes': 65536}
-PRESETS = ('bytes', 'clock', 'retrieval')
+PRESETS = ('bytes', 'clock', 'retrieval', 'ladder')
 # The design change the bytes preset points to: a loss that asks for retrieval. Half the
 # documents (windows) are passkey documents weighted on their answers only; carried ones
 # 4,097 to 16,384 bytes long, so that most keys are asked for one to three windows later.
 RETRIEVAL = {'data.passkey_rate': 0.5, 'data.probe_weights': 'answer',
              'num_train_steps': 400, 'warmup_steps': 40, 'eval_every_steps': 200,
              'checkpoint_every_steps': 200}
+
+LADDER = {'data.seq_len': 1024, 'per_device_batch_size': 8, 'num_train_steps': 300,
+          'warmup_steps': 30, 'eval_every_steps': 150, 'checkpoint_every_steps': 150,
+          'data.passkey_rate': 0.9, 'data.probe_weights': 'answer'}
 
 
 # Parameters matched to m64 as configs/full.py and configs/mla.py do (a wider MLP).
@@ -63,23 +73,36 @@ def get_sweep(preset: str):
   if preset == 'retrieval':
     return [{**LATENT, 'carry_state': False, **RETRIEVAL},
             {**LATENT, 'carry_state': True, **RETRIEVAL, 'data.probe_document_bytes': 16384}]
-  # clock: full attention's steps = 250 x (carried causal_latent's step time / full's),
-  # from the paired step times of benchmarks/results/carry_cost.json (one run, 4,096 x 2).
+  if preset == 'ladder':
+    return [{**LATENT, **LADDER, 'data.name': 'passkey', 'data.passkey_rate': 0.0,
+             'data.document_bytes': 0},
+            {**LATENT, **LADDER, 'carry_state': False},
+            {**LATENT, **LADDER, 'carry_state': True, 'data.document_bytes': 4096,
+             'data.probe_document_bytes': 4096}]
+  # clock: each kind's steps = 250 x (carried causal_latent's step time / its own), from
+  # paired step times at 4,096 x 2 (benchmarks/results/carry_cost*.json, one run each).
   steps = clock_steps()
   return [{**LATENT, **CARRIED},
-          {**FULL, 'carry_state': False, 'num_train_steps': steps['full'],
-           'warmup_steps': steps['full'] // 10}]
+          *({**point, 'num_train_steps': n, 'warmup_steps': n // 10}
+            for point, n in ((dict(FULL, carry_state=False), steps['full']),
+                             ({**FULL, 'model.memory': 2048, **CARRIED}, steps['full_memory']),
+                             ({**MLA, 'model.memory': 2048, **CARRIED}, steps['mla_memory'])))]
 
 
-CLOCK_TIMES = 'benchmarks/results/carry_cost.json'
+CLOCK_TIMES = ('benchmarks/results/carry_cost.json',          # blank full (memory 4,096)
+               'benchmarks/results/carry_cost_mem2048.json')  # full and mla, memory 2,048
 
 
 def clock_steps(steps: int = 250) -> dict:
-  """{'full': n}: the steps of blank full attention that take carried m64's `steps` steps'
-  time."""
+  """{'full', 'full_memory', 'mla_memory'}: the steps of blank full attention and of full
+  and mla with a memory of 2,048 that take carried m64's `steps` steps' time, each against
+  causal_latent's carried step timed in the same run."""
   import json
   import os
-  path = os.path.join(os.path.dirname(__file__), '..', '..', CLOCK_TIMES)
-  records = {r['kind']: r for r in json.load(open(path))['records']}
-  latent = records['causal_latent']['seconds_carry']
-  return {'full': round(steps * latent / records['full']['seconds_blank'])}
+  root = os.path.join(os.path.dirname(__file__), '..', '..')
+  blank, memory = ({r['kind']: r for r in json.load(open(os.path.join(root, p)))['records']}
+                   for p in CLOCK_TIMES)
+  budget = lambda records: steps * records['causal_latent']['seconds_carry']
+  return {'full': round(budget(blank) / blank['full']['seconds_blank']),
+          'full_memory': round(budget(memory) / memory['full']['seconds_carry']),
+          'mla_memory': round(budget(memory) / memory['mla']['seconds_carry'])}
