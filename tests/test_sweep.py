@@ -178,8 +178,9 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
 
 
 def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
-  """compare.py's table: last and best periodic eval, eval.py's test result, examples and
-  tokens seen, parameters; curves against steps, tokens seen and wall-clock."""
+  """compare.py's table: last and best periodic eval (and how much of the split the last
+  one read), eval.py's test result, examples and tokens seen, parameters; curves against
+  steps, tokens seen and wall-clock."""
   from configs import listops_full, listops_m64
   runs = {'latent': (listops_m64, [0.2, 0.38, 0.37], 0.365),
           'full': (listops_full, [0.18, 0.21, 0.19], None)}
@@ -193,6 +194,8 @@ def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
       lines[0]['global_batch'] = 16
     lines += [{'step': 100 * (i + 1), 'eval_loss': 2.0, 'eval_accuracy': a,
                'elapsed_s': 200.0 * (i + 1)} for i, a in enumerate(evals)]
+    if name == 'latent':  # as train.py logs it now: how much of the split each eval read
+      lines[-1].update(eval_tokens=160, eval_split_tokens=2000)
     (run / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
     if test is not None:
       for step, value in ((200, 0.1), (300, test)):  # the latest step's file counts
@@ -210,7 +213,7 @@ def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
   paths = report_lib.write_comparison(rows, str(tmp_path / 'out'), 'ListOps')
   table = open(paths[0]).read()
   row = (f"| latent | latent | 64 | 4 | {latent['num_params']:,} | 300 of 800 | 2,400 | "
-         "4,800,000 | 0.3700 | 0.3800 | 0.3650 (step 300) |")
+         "4,800,000 | 0.3700 | 160 of 2,000 examples | 0.3800 | 0.3650 (step 300) |")
   assert row in table, table
   assert '| params |' in table and f"| {full['num_params']:,} |" in table
   assert [os.path.basename(p) for p in paths[1:]] == [

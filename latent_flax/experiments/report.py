@@ -222,8 +222,12 @@ def summarize(workdir: str) -> dict:
   curve = row['curves'][metric]
   test = latest_eval_json(workdir, 'test')
   last = row['clock'][row['step']]
+  covered = next((m for m in reversed(row['evals']) if 'eval_tokens' in m), None)
+  unit = getattr(row['task'], 'target_unit', 'bytes')
   return dict(
       row, metric=metric, examples=last['examples'], tokens=last['tokens'],
+      eval_covers=(f"{covered['eval_tokens']:,} of {covered['eval_split_tokens']:,} {unit}"
+                   if covered and covered.get('eval_split_tokens') else ''),
       eval_step=curve[-1][0] if curve else None,
       eval=curve[-1][1] if curve else float('nan'),
       best_eval=(min if row['task'].lower_is_better else max)(
@@ -247,7 +251,7 @@ def write_comparison(rows: list[dict], out_dir: str, title: str) -> list[str]:
   name = short.replace('_', ' ')
   labels = run_labels([r['config'] for r in rows])
   head = ['run', 'attention', 'M', 'heads', 'params', 'steps', 'examples seen', 'tokens seen',
-          f'last eval {name}', f'best eval {name}', f'test {name}', 'tokens/s',
+          f'last eval {name}', 'last eval over', f'best eval {name}', f'test {name}', 'tokens/s',
           'peak memory (MiB)', 'wall (min)', 'model and settings that differ']
   lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r, label in zip(rows, labels):
@@ -255,7 +259,7 @@ def write_comparison(rows: list[dict], out_dir: str, title: str) -> list[str]:
     test = '' if r['test'] is None else f"{r['test']:.4f} (step {r['test_step']:,})"
     cells = [r['run'], r['attention'], r['num_latents'], r['num_heads'], f"{r['num_params']:,}",
              steps, f"{r['examples']:,}", f"{r['tokens']:,}", f"{r['eval']:.4f}",
-             f"{r['best_eval']:.4f}", test, f"{r['tokens_per_sec']:,.0f}",
+             r['eval_covers'], f"{r['best_eval']:.4f}", test, f"{r['tokens_per_sec']:,.0f}",
              f"{r['peak_memory_mb']:,.0f}", f"{r['wall_s'] / 60:.1f}", label]
     lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
   lines.append('')
