@@ -68,7 +68,10 @@ def test_two_point_sweep_runs_resumes_after_interruption_and_reports(tmp_path):
   assert int(rows['m=4']['num_params']) > int(rows['m=2']['num_params'])
   for png in ('bpb_vs_m.png', 'tokens_per_sec_vs_m.png'):
     assert (workdir / png).stat().st_size > 1000
-  assert (workdir / 'report.md').read_text().count('| causal_latent |') == 2
+  report = (workdir / 'report.md').read_text()
+  assert report.count('| causal_latent |') == 2
+  assert '| eval over (bytes of the split) |' in report  # how much of the split was read
+  assert len(re.findall(r'\| [\d,]+ of [\d,]+ \|', report)) == 2, report
 
 
 @pytest.mark.slow  # runs sweep.py in child processes

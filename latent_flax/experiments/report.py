@@ -318,15 +318,18 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
     bpb = last.get('eval_bits_per_byte', float('nan'))
     accuracy = last.get('eval_accuracy', float('nan'))
     by_pairs = last.get(f'eval_{lines}', {}) if by_result else {}
+    covered = (last.get('eval_tokens'), last.get('eval_split_tokens'))
     full = latest_eval_json(run, 'validation')  # eval.py's fuller evaluation
     if full is not None and evals and full['step'] == last['step']:
       bpb, accuracy = full.get('bits_per_byte', bpb), full.get('accuracy', accuracy)
       by_pairs = full.get(lines, by_pairs)
+      covered = (full.get('tokens'), full.get('split_tokens'))
     row.update(
         line_name=task.extras_line_name if by_result else lines.split('.')[-1],
         title_suffix=task.eval_extras[lines][1] if by_result else '',
         line=config_lib.get_field(config, lines, None), eval_bits_per_byte=bpb,
         eval_accuracy=accuracy, **_decoding_footprint(config, task),
+        eval_over=f'{covered[0]:,} of {covered[1]:,}' if all(covered) else '',
         # probe.py's results: mean exact retrieval over its grid, by probe and haystack
         probes={k: r['mean_accuracy'] for k, r in retrieval.latest_results(run).items()})
     if by_result:
@@ -390,7 +393,7 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
   head = ['attention', 'M', 'heads', 'chunk', 'steps'] + (['seed'] if seeded else []) + (
       [line_name] if extra else []) + [
       'params', 'eval bits/byte' if metric == 'eval_bits_per_byte' else 'eval accuracy',
-      'tokens/s', 'peak memory (MiB)', 'wall (s)'] + (
+      f"eval over ({rows[0]['task'].target_unit} of the split)", 'tokens/s', 'peak memory (MiB)', 'wall (s)'] + (
       ['decoding cache (B/token)', 'fixed state (KiB)'] if lm else []) + [
       f'{k} retrieval (probe.py)' for k in probes]
   lines = [f'# {title}', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
@@ -400,7 +403,8 @@ def write_report(rows: list[dict], out_dir: str, title: str = 'Sweep',
              f"{r['steps']:,}"]
     cells += [r['seed']] if seeded else []
     cells += [r['line']] if extra else []
-    cells += [f"{r['num_params']:,}", f"{r[metric]:.4f}", f"{r['tokens_per_sec']:,.0f}",
+    cells += [f"{r['num_params']:,}", f"{r[metric]:.4f}", r['eval_over'],
+              f"{r['tokens_per_sec']:,.0f}",
               f"{r['peak_memory_mb']:,.0f}", f"{r['wall_s']:.0f}"]
     if lm:
       cells += ['', ''] if r['state_bytes'] == '' else [
