@@ -15,8 +15,8 @@ export GLIBC_TUNABLES ?= glibc.malloc.hugetlb=1
 # per core up to 4; tests/conftest.py sets the 4 fake CPU devices and the compile flags.
 # `make test` is the full suite (what CI runs, .ci/run); `make test-fast` leaves out the
 # tests marked slow (pytest.ini: training runs, child processes, over ~5 s of CPU; the
-# run names any unmarked test over that). test-fast took 83 s on 2 shared cores on
-# 2026-12-06; each prints its wall time last, and --durations=0 lists every test's.
+# run names any unmarked test over that). Each prints its wall time last (test-fast:
+# under 2 minutes on 2 cores), and --durations=0 lists every test's.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 4 ? 4 : n )))
 
 .PHONY: setup lock train eval test test-fast bench peers peers-venv wheels
