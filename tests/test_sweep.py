@@ -451,6 +451,25 @@ def test_slurm_where_there_is_none_is_one_line_before_anything_is_written(tmp_pa
 
 
 @pytest.mark.slow  # runs sweep.py, whose job runs train.py
+def _jobs_state(workdir) -> str:
+  """What a stopped submitit_local sweep left: its logs' tails and the processes still
+  running from its folder (for a failure's message)."""
+  logs = {p.name: p.read_text()[-3000:] for p in sorted((workdir / 'submitit').glob('*'))
+          if p.is_file() and p.suffix in ('.out', '.err', '.log')}
+  procs = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
+      with open(f'/proc/{pid}/status') as f:
+        state = next(l.split()[1] for l in f if l.startswith('State:'))
+    except (OSError, StopIteration):
+      continue
+    if str(workdir) in cmd or 'submitit' in cmd:
+      procs.append(f'{pid} {state} {cmd[:300]}')
+  return '\n'.join(['processes:'] + procs + [f'--- {k}\n{v}' for k, v in logs.items()])
+
+
 def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
   from latent_flax.training import workdir_lock
   config_path = write_config_module(tmp_path, num_train_steps=100_000, log_every_steps=1,
@@ -473,7 +492,7 @@ def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
     child.kill()
   said = [l for l in child.lines if l.startswith('Stopped by SIGTERM')]
   assert len(said) == 1 and 'cancelled 1 running job(s)' in said[0], child.lines[-10:]
-  assert 'still running' not in said[0]
+  assert 'still running' not in said[0], _jobs_state(workdir)
   assert not any('Traceback' in l for l in child.lines), child.lines
   # No trainer is left, and it saved the step it stopped at: the same command resumes.
   assert workdir_lock.wait_released(str(point), 0)
