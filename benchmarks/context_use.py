@@ -75,16 +75,12 @@ def evaluate_restarted(run_dir: str, length: int, every: int,
   import numpy as np
   from latent_flax.training import checkpoint
   from latent_flax.evaluation import evaluator
-  from latent_flax import tasks
   from latent_flax import model as model_lib
   config = config_lib.load_saved_config(run_dir)
   kind = registry.get(config.model.attention)
   model = model_lib.build_model(config.model)
   params = checkpoint.restore_workdir(run_dir, config, model, None, params_only=True).params
-  data_config = runs.evaluation_config(config, seq_len=length, windows=windows).data
-  source = tasks.get(data_config.name).load(data_config, 'validation')
-  batch = source.get(np.arange(source.num_windows))
-  docs = np.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
+  docs = runs.evaluation_windows(config, length, windows)
   if documents:
     global_batch = config.per_device_batch_size * jax.device_count()
     docs = docs[:-(-documents // global_batch) * global_batch]  # those evaluate() read

@@ -56,10 +56,7 @@ def export(args) -> None:
   arrays = {k: np.stack([b[k] for b in got]).astype(np.uint8) for k in
             ('inputs', 'targets', 'weights', 'start')}
   n = args.length  # the windows context_use.py reads: each document's first n + 1 bytes
-  source = task.load(runs.evaluation_config(config, seq_len=n, windows='documents').data,
-                     'validation')
-  windows = source.get(np.arange(source.num_windows))
-  docs = np.concatenate([windows['inputs'], windows['targets'][:, -1:]], axis=1)
+  docs = runs.evaluation_windows(config, n)
   if args.documents:
     docs = docs[:args.documents]
   arrays['validation'] = docs.astype(np.uint8)

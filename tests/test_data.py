@@ -258,3 +258,18 @@ def test_split_is_prepared_once_atomically_and_other_processes_wait(tmp_path):
   # A changed source (another key) is prepared anew.
   byte_cache.prepare({**key, 'version': 2}, _write_docs(marks), str(cache), 'toy')
   assert len(list(marks.iterdir())) == 3
+
+
+def test_evaluation_windows_are_each_documents_first_bytes_as_eval_reads_them(tmp_path):
+  from latent_flax.evaluation import runs
+  lengths = [50, 60, 70] + [2100 + 100 * i for i in range(16)]
+  (tmp_path / 'docs').mkdir()
+  for i, n in enumerate(lengths):
+    (tmp_path / 'docs' / f'f{i}.txt').write_bytes(bytes([65 + i]) * n)
+  config = helpers.tiny_config(tmp_path)
+  config.data.update(name='text_files', path=str(tmp_path / 'docs'), min_document_bytes=1000)
+  docs = runs.evaluation_windows(config, 2000)
+  validation = corpus.load_documents(config.data, 'validation')
+  assert docs.shape == (len(validation), 2001)
+  for row, doc in zip(docs, validation):  # one document per row, from its first byte
+    assert bytes(row.astype(np.uint8)) == bytes(doc[:2001])

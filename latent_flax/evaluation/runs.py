@@ -158,6 +158,17 @@ def evaluation_config(config: ml_collections.ConfigDict, *, seq_len: int | None 
   return config
 
 
+def evaluation_windows(config: ml_collections.ConfigDict, length: int,
+                       windows: str = 'documents', split: str = 'validation') -> np.ndarray:
+  """[windows, length + 1] tokens (inputs and the last target): the windows eval.py
+  --seq_len=length --windows=... reads from `split` ('documents': each document from its
+  start)."""
+  data_config = evaluation_config(config, seq_len=length, windows=windows).data
+  source = tasks.get(data_config.name).load(data_config, split)
+  batch = source.get(np.arange(source.num_windows))
+  return np.concatenate([batch['inputs'], batch['targets'][:, -1:]], axis=1)
+
+
 def evaluate_checkpoint(workdir: str, step: int | str | None = None,
                         config: ml_collections.ConfigDict | None = None,
                         num_eval_steps: int | None = None, split: str = 'validation', *,

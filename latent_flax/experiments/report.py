@@ -215,6 +215,13 @@ def _save(fig, path: str) -> None:
 # Comparing named runs (compare.py).
 # --------------------------------------------------------------------------- #
 
+def _coverage(tokens: int | None, split_tokens: int | None, unit: str = '') -> str:
+  """'N of M unit': how much of its split an evaluation read ('' when not recorded)."""
+  if not tokens or not split_tokens:
+    return ''
+  return f"{tokens:,} of {split_tokens:,}" + (f' {unit}' if unit else '')
+
+
 def summarize(workdir: str) -> dict:
   """One run's row for a comparison; ValueError (one line) when workdir is not a run."""
   row = read_run(workdir)
@@ -222,12 +229,11 @@ def summarize(workdir: str) -> dict:
   curve = row['curves'][metric]
   test = latest_eval_json(workdir, 'test')
   last = row['clock'][row['step']]
-  covered = next((m for m in reversed(row['evals']) if 'eval_tokens' in m), None)
-  unit = getattr(row['task'], 'target_unit', 'bytes')
+  covered = next((m for m in reversed(row['evals']) if 'eval_tokens' in m), {})
   return dict(
       row, metric=metric, examples=last['examples'], tokens=last['tokens'],
-      eval_covers=(f"{covered['eval_tokens']:,} of {covered['eval_split_tokens']:,} {unit}"
-                   if covered and covered.get('eval_split_tokens') else ''),
+      eval_covers=_coverage(covered.get('eval_tokens'), covered.get('eval_split_tokens'),
+                            row['task'].target_unit),
       eval_step=curve[-1][0] if curve else None,
       eval=curve[-1][1] if curve else float('nan'),
       best_eval=(min if row['task'].lower_is_better else max)(
@@ -329,7 +335,7 @@ def collect(workdir: str, lines: str = DEFAULT_REPORT['lines']) -> list[dict]:
         title_suffix=task.eval_extras[lines][1] if by_result else '',
         line=config_lib.get_field(config, lines, None), eval_bits_per_byte=bpb,
         eval_accuracy=accuracy, **_decoding_footprint(config, task),
-        eval_over=f'{covered[0]:,} of {covered[1]:,}' if all(covered) else '',
+        eval_over=_coverage(*covered),
         # probe.py's results: mean exact retrieval over its grid, by probe and haystack
         probes={k: r['mean_accuracy'] for k, r in retrieval.latest_results(run).items()})
     if by_result:
