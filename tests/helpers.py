@@ -3,6 +3,7 @@
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -67,15 +68,21 @@ def subprocess_env(devices: int = 4) -> dict:
   return env
 
 
+def _ignore_sigint():
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Child:
   """A child `python ARGV` in the repo whose output lines can be awaited with a deadline."""
 
-  def __init__(self, argv, devices=4, extra_env=None, new_session=False):
+  def __init__(self, argv, devices=4, extra_env=None, new_session=False, ignore_sigint=False):
     env = subprocess_env(devices)
     env.update(extra_env or {})
+    # ignore_sigint: started as a shell's background job (`cmd &`, nohup) starts it.
     self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 start_new_session=new_session)
+                                 start_new_session=new_session,
+                                 preexec_fn=_ignore_sigint if ignore_sigint else None)
     self.lines = []
     self._queue = queue.Queue()
     threading.Thread(target=self._pump, daemon=True).start()

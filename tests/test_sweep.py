@@ -1,5 +1,6 @@
 """Sweeps: run, interrupt, resume, skip finished points, report; printed commands parse back."""
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -371,8 +372,10 @@ def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_
                         "def get_sweep():\n"
                         "  return [{'model.num_latents': 2}, {'model.num_latents': 4}]\n")
   workdir = tmp_path / 'sweep'
+  # Started as a background job is (SIGINT ignored, which its children would inherit):
+  # submitit cancels a local job by SIGINT.
   child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={workdir}',
-                 '--launcher=submitit_local', '--slurm_time_min=20'])
+                 '--launcher=submitit_local', '--slurm_time_min=20'], ignore_sigint=True)
   assert child.finish() == 0, child.lines[-20:]
   out = '\n'.join(child.lines)
   assert '[1/2] m=2: submitted as job' in out and '[2/2] m=4: submitted as job' in out
@@ -451,23 +454,29 @@ def test_slurm_where_there_is_none_is_one_line_before_anything_is_written(tmp_pa
 
 
 @pytest.mark.slow  # runs sweep.py, whose job runs train.py
-def _jobs_state(workdir) -> str:
-  """What a stopped submitit_local sweep left: its logs' tails and the processes still
-  running from its folder (for a failure's message)."""
-  logs = {p.name: p.read_text()[-3000:] for p in sorted((workdir / 'submitit').glob('*'))
-          if p.is_file() and p.suffix in ('.out', '.err', '.log')}
-  procs = []
+def _processes_of(workdir) -> dict[int, str]:
+  """pid -> command line of the processes started for a sweep in `workdir` (its submitit
+  controllers, their tasks and the tasks' train.py)."""
+  found = {}
   for pid in filter(str.isdigit, os.listdir('/proc')):
     try:
       with open(f'/proc/{pid}/cmdline', 'rb') as f:
         cmd = f.read().replace(b'\0', b' ').decode(errors='replace')
-      with open(f'/proc/{pid}/status') as f:
-        state = next(l.split()[1] for l in f if l.startswith('State:'))
-    except (OSError, StopIteration):
+    except OSError:
       continue
-    if str(workdir) in cmd or 'submitit' in cmd:
-      procs.append(f'{pid} {state} {cmd[:300]}')
-  return '\n'.join(['processes:'] + procs + [f'--- {k}\n{v}' for k, v in logs.items()])
+    if str(workdir) in cmd and int(pid) != os.getpid():
+      found[int(pid)] = cmd
+  return found
+
+
+def _jobs_state(workdir) -> str:
+  """What a stopped submitit_local sweep left (for a failure's message): the processes
+  still running from its folder and the tails of its logs."""
+  logs = {p.name: p.read_text()[-2000:] for p in sorted((workdir / 'submitit').glob('*'))
+          if p.is_file() and p.suffix in ('.out', '.err', '.log')}
+  return '\n'.join(['processes still running:']
+                   + [f'{pid} {cmd[:300]}' for pid, cmd in _processes_of(workdir).items()]
+                   + [f'--- {k}\n{v}' for k, v in logs.items()])
 
 
 def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
@@ -479,8 +488,10 @@ def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
                         "def get_sweep():\n  return [{'model.num_latents': 2}]\n")
   workdir = tmp_path / 'sweep'
   point = workdir / 'm=2'
+  # Started as a background job is (SIGINT ignored, which its children would inherit):
+  # submitit cancels a local job by SIGINT.
   child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={workdir}',
-                 '--launcher=submitit_local', '--slurm_time_min=20'])
+                 '--launcher=submitit_local', '--slurm_time_min=20'], ignore_sigint=True)
   try:
     deadline = time.time() + 300
     while time.time() < deadline and not (point / 'metrics.jsonl').exists():
@@ -490,6 +501,11 @@ def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
     assert child.finish(timeout=600) == 128 + signal.SIGTERM  # launch.wait gives 300 s
   finally:
     child.kill()
+    left = _processes_of(workdir)
+    if left:  # a failure's orphans must not train on through the rest of the suite
+      for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+          os.kill(pid, signal.SIGKILL)
   said = [l for l in child.lines if l.startswith('Stopped by SIGTERM')]
   assert len(said) == 1 and 'cancelled 1 running job(s)' in said[0], child.lines[-10:]
   assert 'still running' not in said[0], _jobs_state(workdir)

@@ -124,10 +124,27 @@ def submit(ex, tasks: list[PointTask], controller_log: str | None = None) -> lis
   """Every task as one job array (one task per point); the submitit jobs. The local
   executor's controller processes (one per job) write to `controller_log`, not to this
   process's terminal (a cancelled one prints a traceback)."""
-  with _output_to(controller_log if getattr(ex, 'cluster', None) == 'local' else None):
+  local = getattr(ex, 'cluster', None) == 'local'
+  with _output_to(controller_log if local else None), _sigint_not_ignored(local):
     with ex.batch():
       jobs = [ex.submit(task) for task in tasks]
   return jobs
+
+
+@contextlib.contextmanager
+def _sigint_not_ignored(active: bool):
+  """Processes started inside do not inherit an ignored SIGINT. submitit cancels a local
+  job by SIGINT to its controller, which passes SIGINT on to its task; a sweep started
+  as a shell's background job (`sweep.py ... &`, nohup, CI) has SIGINT ignored, and its
+  controllers would inherit that and never stop their train.py."""
+  if not active or signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    yield
+    return
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
