@@ -453,7 +453,6 @@ def test_slurm_where_there_is_none_is_one_line_before_anything_is_written(tmp_pa
   assert '\n' not in str(err.value) and not (tmp_path / 'jobs').exists()
 
 
-@pytest.mark.slow  # runs sweep.py, whose job runs train.py
 def _processes_of(workdir) -> dict[int, str]:
   """pid -> command line of the processes started for a sweep in `workdir` (its submitit
   controllers, their tasks and the tasks' train.py)."""
@@ -479,6 +478,7 @@ def _jobs_state(workdir) -> str:
                    + [f'--- {k}\n{v}' for k, v in logs.items()])
 
 
+@pytest.mark.slow  # runs sweep.py, whose job runs train.py
 def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
   from latent_flax.training import workdir_lock
   config_path = write_config_module(tmp_path, num_train_steps=100_000, log_every_steps=1,
