@@ -205,31 +205,36 @@ def _process_exists(pid: int) -> bool:
 
 
 class _Stopped(BaseException):
-  """SIGTERM arrived while a split was being written (a BaseException, like
+  """SIGTERM or SIGINT arrived while a split was being written (a BaseException, like
   KeyboardInterrupt, so no `except Exception` in a data source swallows it)."""
 
 
 @contextlib.contextmanager
 def _stop_said(what: str):
-  """SIGTERM while writing: stop, let the caller remove the partial files, say so in one
-  line and exit 143 (128 + SIGTERM), as SIGTERM's default would, but with a word."""
+  """SIGTERM or SIGINT (Ctrl-C) while writing: stop, let the caller remove the partial
+  files, say so in one line and exit 128 + the signal, as the signal's default would, but
+  with a word instead of a traceback."""
   def stop(signum, frame):
-    del signum, frame
-    raise _Stopped()
+    del frame
+    raise _Stopped(signum)
 
+  stops = (signal.SIGTERM, signal.SIGINT)
   try:
-    old = signal.signal(signal.SIGTERM, stop)
+    old = {sig: signal.signal(sig, stop) for sig in stops
+           if signal.getsignal(sig) is not signal.SIG_IGN}
   except ValueError:  # not the main thread: signals stay as they are
     yield
     return
   try:
     yield
-  except _Stopped:
-    print(f"Stopped by SIGTERM while preparing {what}; its partial file was removed and "
-          "the next run prepares it again.", file=sys.stderr, flush=True)
-    raise SystemExit(128 + signal.SIGTERM) from None
+  except _Stopped as e:
+    signum = e.args[0]
+    print(f"Stopped by {signal.Signals(signum).name} while preparing {what}; its partial file "
+          "was removed and the next run prepares it again.", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum) from None
   finally:
-    signal.signal(signal.SIGTERM, old)
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
 
 
 def _write(stem: str, tmp: str, documents, what: str, least: int) -> None:
