@@ -297,12 +297,15 @@ def test_compare_names_what_differs_and_counts_tokens_across_a_batch_change(tmp_
 def test_a_long_plot_title_is_wrapped_inside_the_figure():
   title = ('Sweep configs/sweeps/context_gain.py:stdlib_long_time: recall of the answers '
            'whose key-value pair lies in an earlier chunk, by pairs in the test set')
-  fig, _ = report_lib.figure(title)
-  fig.canvas.draw()
-  shown, = [t for t in fig.findobj(matplotlib.text.Text)
-            if t.get_text().replace('\n', ' ') == title]
-  box = shown.get_window_extent()
-  assert '\n' in shown.get_text() and 0 <= box.x0 and box.x1 <= fig.bbox.x1
+  for title, panels in ((title, 1), (title + '\nhaystack books, 2 per cell', 2)):
+    fig, _ = io_utils.figure(title, panels)
+    fig.canvas.draw()
+    shown, = [t for t in fig.findobj(matplotlib.text.Text)
+              if t.get_text().replace('\n', ' ') == title.replace('\n', ' ')]
+    box = shown.get_window_extent()
+    assert shown.get_text().count('\n') > title.count('\n')
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1
+    assert shown.get_text().endswith('\nhaystack books, 2 per cell') == (panels == 2)
 
 
 def test_config_fields_by_dotted_path():

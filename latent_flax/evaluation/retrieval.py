@@ -231,12 +231,13 @@ def _bytes_label(n: int) -> str:
 
 def plot_grid(result: dict, path: str) -> str:
   """Heatmaps of exact retrieval and of the answer's mean log-probability, depth x length."""
-  plt = io_utils.pyplot()
   acc = np.array(result['accuracy']).T        # [depth, length]
   logp = np.array(result['answer_logprob']).T
-  fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 4.5 + 1.1 * len(result['lengths'])),
-                                          1.6 + 0.45 * len(result['depths'])),
-                           layout='constrained')
+  fig, axes = io_utils.figure(
+      f"{result['title']}: {result['attention']} (trained on {result['trained_seq_len']:,}"
+      f" bytes), step {result['step']}\nhaystack {result['haystack']}, "
+      f"{result['samples']} per cell, chance {result['chance']:.2g}", panels=2,
+      size=(max(8.0, 4.5 + 1.1 * len(result['lengths'])), 1.6 + 0.45 * len(result['depths'])))
   for ax, values, label, kw in (
       (axes[0], acc, 'exact greedy retrieval', dict(cmap='RdYlGn', vmin=0, vmax=1)),
       (axes[1], logp, "answer's log-probability (nats)", dict(cmap='viridis'))):
@@ -250,11 +251,8 @@ def plot_grid(result: dict, path: str) -> str:
     ax.set_ylabel('depth of the needle')
     ax.set_title(label, fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
-  fig.suptitle(f"{result['title']}: {result['attention']} (trained on {result['trained_seq_len']:,}"
-               f" bytes), step {result['step']}\nhaystack {result['haystack']}, "
-               f"{result['samples']} per cell, chance {result['chance']:.2g}", fontsize=9)
   fig.savefig(path, dpi=120)
-  plt.close(fig)
+  io_utils.pyplot().close(fig)
   return path
 
 

@@ -240,22 +240,21 @@ def plot_by_context(result: dict, path: str) -> str | None:
   octaves = result.get('bits_by_context')
   if not octaves:
     return None
-  plt = io_utils.pyplot()
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  how = f"{result.get('windows', 'stream')} windows of {result.get('seq_len', '?')} bytes"
+  if result.get('stream_segment'):
+    how += f", streamed in segments of {result['stream_segment']}"
+  if result.get('tokens') and result.get('split_tokens'):
+    how += f"; {over(result['tokens'], result['split_tokens'], 'bytes')}"
+  fig, (ax,) = io_utils.figure(
+      f"{result['dataset']} {result['split']}, step {result['step']}: {how}", size=(6.4, 4.0))
   bounds = [tuple(map(int, k.split('-'))) for k in octaves]
   ax.plot([(lo * hi) ** 0.5 for lo, hi in bounds], list(octaves.values()), 'o-')
   ax.set_xscale('log', base=2)
   ax.set_xlabel('bytes of context (octave mean)')
   ax.set_ylabel('bits per byte')
-  how = f"{result.get('windows', 'stream')} windows of {result.get('seq_len', '?')} bytes"
-  if result.get('stream_segment'):
-    how += f", streamed in segments of {result['stream_segment']}"
-  ax.set_title(f"{result['dataset']} {result['split']}, step {result['step']}: {how}",
-               fontsize=9)
   ax.grid(True, which='both', alpha=0.3)
-  fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
+  io_utils.pyplot().close(fig)
   return path
 
 

@@ -19,7 +19,6 @@ import csv
 import json
 import os
 import statistics
-import textwrap
 from typing import Any
 
 import jax
@@ -28,7 +27,7 @@ import ml_collections
 from latent_flax import config_lib
 from latent_flax import model as model_lib
 from latent_flax.attention import registry as attention_registry
-from latent_flax.evaluation import decode, retrieval
+from latent_flax.evaluation import decode, retrieval, runs
 from latent_flax.system import io_utils
 from latent_flax.tasks import registry as task_registry
 
@@ -192,20 +191,6 @@ def params_text(n: int) -> str:
 # Figures.
 # --------------------------------------------------------------------------- #
 
-def figure(title: str, panels: int = 1, size: tuple[float, float] = (6.4, 4.2), **kwargs):
-  """(fig, axes[panels]) with `title` on top, wrapped to the figure's width."""
-  plt = io_utils.pyplot()
-  fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False, layout='constrained',
-                           **kwargs)
-  text = fig.suptitle(title, fontsize=10)
-  renderer = fig.canvas.get_renderer()
-  width = len(title)
-  while width > 16 and text.get_window_extent(renderer).width > 0.96 * fig.bbox.width:
-    width = int(width * 0.85)
-    text.set_text(textwrap.fill(title, width))
-  return fig, list(axes[0])
-
-
 def _save(fig, path: str) -> None:
   fig.savefig(path, dpi=120, bbox_inches='tight')  # legends outside the axes kept whole
   io_utils.pyplot().close(fig)
@@ -216,10 +201,11 @@ def _save(fig, path: str) -> None:
 # --------------------------------------------------------------------------- #
 
 def _coverage(tokens: int | None, split_tokens: int | None, unit: str = '') -> str:
-  """'N of M unit': how much of its split an evaluation read ('' when not recorded)."""
+  """'N of M unit' or 'all M unit': how much of its split an evaluation read ('' when not
+  recorded)."""
   if not tokens or not split_tokens:
     return ''
-  return f"{tokens:,} of {split_tokens:,}" + (f' {unit}' if unit else '')
+  return runs.over(tokens, split_tokens, unit).removeprefix('over ').strip()
 
 
 def summarize(workdir: str) -> dict:
@@ -276,7 +262,7 @@ def write_comparison(rows: list[dict], out_dir: str, title: str) -> list[str]:
   legend = [f"{r['run']}: {label} ({params_text(r['num_params'])} params)"
             for r, label in zip(rows, labels)]
   for (axis, xlabel, x_of), path in zip(_X_AXES, paths[1:]):
-    fig, (ax,) = figure(title)
+    fig, (ax,) = io_utils.figure(title)
     for r, text in zip(rows, legend):
       points = [(x_of(s, r['clock'][s]), v) for s, v in r['curves'][metric]]
       ax.plot([x for x, _ in points], [v for _, v in points], 'o-', label=text)
@@ -448,7 +434,7 @@ def _plot_curves(rows: list[dict], metric: str, ylabel: str, path: str, title: s
   """
   plt = io_utils.pyplot()
   groups = sorted({r['line'] for r in rows}, key=lambda v: (str(type(v)), v))
-  fig, axes = figure(title, len(groups), size=(4.2 * len(groups) + 1, 3.8), sharey=True)
+  fig, axes = io_utils.figure(title, len(groups), size=(4.2 * len(groups) + 1, 3.8), sharey=True)
   ms = sorted({r['num_latents'] for r in rows if r['num_latents'] != ''})
   cmap = plt.get_cmap('viridis')
   color = {m: cmap(i / max(len(ms) - 1, 1) * 0.9) for i, m in enumerate(ms)}
@@ -493,7 +479,7 @@ def _plot_vs_m(rows: list[dict], key: str, ylabel: str, path: str, title: str,
   parameter counts.
   """
   plt = io_utils.pyplot()
-  fig, (ax,) = figure(title)
+  fig, (ax,) = io_utils.figure(title)
   merged = over_seeds(rows, key)
   seeded = any(len(g['seeds']) > 1 for g in merged)
   latent = [g for g in merged if g['has_latents']]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import textwrap
 
 import jax
 
@@ -48,3 +49,17 @@ def pyplot():
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   return plt
+
+
+def figure(title: str, panels: int = 1, size: tuple[float, float] = (6.4, 4.2), **kwargs):
+  """(fig, axes[panels]) with `title` on top, each of its lines wrapped to the figure's
+  width (constrained layout: nothing is clipped)."""
+  fig, axes = pyplot().subplots(1, panels, figsize=size, squeeze=False, layout='constrained',
+                                **kwargs)
+  text = fig.suptitle(title, fontsize=10)
+  renderer = fig.canvas.get_renderer()
+  width = max(map(len, title.split('\n')))
+  while width > 16 and text.get_window_extent(renderer).width > 0.96 * fig.bbox.width:
+    width = int(width * 0.85)
+    text.set_text('\n'.join(textwrap.fill(line, width) for line in title.split('\n')))
+  return fig, list(axes[0])
