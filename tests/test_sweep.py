@@ -446,14 +446,19 @@ def test_a_sweep_over_paths_runs_each_point_in_its_own_folder_and_reports_it(tmp
     assert sorted(r['run'] for r in csv.DictReader(f)) == sorted(names)
 
 
-def test_slurm_where_there_is_none_is_one_line_before_anything_is_written(tmp_path,
-                                                                          monkeypatch):
-  from latent_flax.experiments import launch
-  monkeypatch.setenv('PATH', str(tmp_path))  # no sbatch, no srun
-  with pytest.raises(ValueError, match=r'^--launcher=slurm: Slurm is not available here '
-                     r'\(sbatch and srun not on PATH\); run the sweep where Slurm is') as err:
-    launch.executor('slurm', str(tmp_path / 'jobs'), timeout_min=10)
-  assert '\n' not in str(err.value) and not (tmp_path / 'jobs').exists()
+@pytest.mark.slow  # a sweep.py process
+def test_slurm_where_there_is_none_is_one_line_before_anything_is_written(tmp_path):
+  sweep_file = tmp_path / 'one_point.py'
+  sweep_file.write_text("BASE = 'configs/base.py'\n\n"
+                        "def get_sweep():\n  return [{'model.num_latents': 2}]\n")
+  child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={tmp_path / "sweep"}',
+                 '--launcher=slurm'], extra_env={'PATH': str(tmp_path)})  # no sbatch, srun
+  assert child.finish(timeout=300) == 2
+  assert child.lines == ['sweep.py: --launcher=slurm: Slurm is not available here (sbatch and '
+                         'srun not on PATH); run the sweep where Slurm is (a cluster\'s login '
+                         'node), or use --launcher=submitit_local (jobs on this machine) or '
+                         'local.'], child.lines
+  assert not (tmp_path / 'sweep').exists()
 
 
 def _processes_of(workdir) -> dict[int, str]:
