@@ -181,7 +181,7 @@ def test_seeds_of_one_point_are_merged_into_best_and_median(tmp_path):
   assert os.path.basename(paths[4]) == 'accuracy_vs_step.png' and os.path.getsize(paths[4]) > 1000
 
 
-def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
+def test_compare_tables_and_draws_runs_of_one_task(tmp_path, monkeypatch):
   """compare.py's table: last and best periodic eval (and how much of the split the last
   one read), eval.py's test result, examples and tokens seen, parameters; curves against
   steps, tokens seen and wall-clock."""
@@ -214,7 +214,16 @@ def test_compare_tables_and_draws_runs_of_one_task(tmp_path):
   assert [v for _, v in latent['curves']['eval_accuracy']] == [0.2, 0.38, 0.37]
   assert (latent['tokens'], full['tokens']) == (300 * 8 * 2000, 300 * 16 * 2000)
   assert latent['num_params'] > full['num_params'] > 0  # the latent one has its latents
+  drawn, save = [], report_lib._save
+  def keep_texts(fig, path):
+    drawn.append([t.get_text() for t in fig.findobj(matplotlib.text.Text)])
+    save(fig, path)
+  monkeypatch.setattr(report_lib, '_save', keep_texts)
   paths = report_lib.write_comparison(rows, str(tmp_path / 'out'), 'ListOps')
+  for texts in drawn:  # the legend says what each run's evaluations read
+    assert any(t.startswith('latent: ') and t.endswith('; eval over 160 of 2,000 examples')
+               for t in texts), texts
+    assert any(t.startswith('full: ') and 'eval over' not in t for t in texts), texts
   table = open(paths[0]).read()
   row = (f"| latent | latent | 64 | 4 | {latent['num_params']:,} | 300 of 800 | 2,400 | "
          "4,800,000 | 0.3700 | 160 of 2,000 examples | 0.3800 | 0.3650 (step 300) |")

@@ -261,6 +261,12 @@ def write_comparison(rows: list[dict], out_dir: str, title: str) -> list[str]:
     f.write('\n'.join(lines))
   legend = [f"{r['run']}: {label} ({params_text(r['num_params'])} params)"
             for r, label in zip(rows, labels)]
+  covers = {r['eval_covers'] for r in rows}
+  if len(covers) == 1 and '' not in covers:  # what the curves' last points are over
+    title += f"; evaluations over {covers.pop()} of the validation split"
+  elif covers != {''}:
+    legend = [t + (f"; eval over {r['eval_covers']}" if r['eval_covers'] else '')
+              for t, r in zip(legend, rows)]
   for (axis, xlabel, x_of), path in zip(_X_AXES, paths[1:]):
     fig, (ax,) = io_utils.figure(title)
     for r, text in zip(rows, legend):
