@@ -65,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.carry_state = False            # train past the window: each batch row reads a document's
                                         # windows in turn and carries the attention state across
                                         # steps (full/mla: config.model.memory tokens)
+  config.carry_windows = 1              # with carry_state: consecutive windows per row and step,
+                                        # the gradient flowing through the state carried across
+                                        # them (truncated backpropagation through time); 1: none
   config.mesh = ml_collections.ConfigDict(dict(  # jit's device mesh (latent_flax/system/sharding.py)
       data=-1,                            # batch rows; -1 = the devices left
       fsdp=1,                             # batch rows, and parameters/optimizer state split

@@ -166,6 +166,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(mesh) - set(sharding.AXES))
   need(not unknown, f"config.mesh has no axis {unknown[0]!r}; its axes are "
        f"{list(sharding.AXES)}." if unknown else '')
+  windows = config.get('carry_windows', 1)
+  need(isinstance(windows, int) and not isinstance(windows, bool) and windows >= 1,
+       f"config.carry_windows={windows!r} must be a whole number >= 1 (windows per step).")
+  need(windows == 1 or config.get('carry_state'),
+       f"config.carry_windows={windows} reads consecutive windows through a carried state: "
+       "set config.carry_state=True, or carry_windows=1.")
   if config.get('carry_state'):
     validate_carry(config)
 

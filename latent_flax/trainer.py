@@ -240,6 +240,7 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
 
   model = config_lib.build_model(config)
   carries = bool(config.get('carry_state'))
+  windows = config.get('carry_windows', 1) if carries else 1  # per row and step
   parallel = Parallel(config.parallelism, model, config,
                       carry_batch=global_batch if carries else 0)
   target = checkpoint.abstract_state(model, config, parallel.shard_state_like)
@@ -288,13 +289,17 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep='.').items() if isinstance(v, (int, float, str, bool))})
   log = MetricsLog(workdir, start_step, enabled=is_chief)
-  tokens_per_step = global_batch * config.data.seq_len
+  per_row = windows * config.data.seq_len  # tokens each row reads per step
+  tokens_per_step = global_batch * per_row
   label = attention_registry.get(config.model.attention).label(config.model)
   say(f"Training {label} (H={config.model.num_heads}, {num_params:,} params) "
       f"for {config.num_train_steps} steps "
       f"on {jax.device_count()} device(s), {n_proc} process(es), {config.parallelism}"
       + (f" mesh {dict(parallel.mesh.shape)}" if config.parallelism == 'jit' else '') + "; "
-      f"global batch {global_batch} x {config.data.seq_len} tokens; workdir {workdir}")
+      f"global batch {global_batch} x "
+      + (f"{windows} windows x {config.data.seq_len} tokens, the gradient through the state "
+         f"carried across the {windows}" if windows > 1 else f"{config.data.seq_len} tokens")
+      + f"; workdir {workdir}")
 
   def save(step: int, metrics: dict | None):
     checkpoint.save(mngr, step, parallel.global_state(state),
@@ -312,7 +317,7 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
   stop = _StopRequest()
   with stop:
     while step < config.num_train_steps:
-      batch = next(train_iter)
+      batch = train_iter.next_windows(windows) if windows > 1 else next(train_iter)
       if carries:
         state, carry, metrics = parallel.carry_train_step(state, carry, batch, dropout_rng)
       else:
@@ -348,7 +353,8 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
                       learning_rate=float(host['learning_rate']),
                       grad_norm=means['grad_norm'], steps_per_sec=steps_per_sec,
                       tokens_per_sec=steps_per_sec * tokens_per_step,
-                      global_batch=global_batch)
+                      global_batch=global_batch,
+                      **({'windows_per_step': windows} if windows > 1 else {}))
         if steady is None:
           eta = "ETA from the next log on (this interval compiled)"
         else:  # the mean rate since compilation, evaluations and checkpoints included

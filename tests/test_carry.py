@@ -1,17 +1,19 @@
 """Training past the window (config.carry_state): the document stream, and the state each
 row carries from one window to the next, tested exactly against one pass and streaming."""
 
+import functools
 import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from latent_flax import config_lib, trainer
 from latent_flax import model as model_lib
 from latent_flax.experiments import report as report_lib
-from latent_flax.training import checkpoint
+from latent_flax.training import checkpoint, steps
 from tests import helpers
 from latent_flax.attention import registry
 from latent_flax.attention.full import FullAttention, fresh_memory
@@ -116,6 +118,73 @@ def test_windows_with_the_carried_state_equal_one_pass_over_the_document(kind):
     logits, carry = step(params, tokens[:, start:start + W], carry)
     got.append(logits)
   np.testing.assert_allclose(jnp.concatenate(got, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # compiles a gradient through 3 windows, 3 ways (~15 s each)
+@pytest.mark.parametrize('kind', ['causal_latent', 'full:memory=64', 'mla:memory=64'])
+def test_the_gradient_through_k_carried_windows_is_the_gradient_of_one_pass(kind):
+  """config.carry_windows=3: a step reads each row's 3 windows in turn through the carried
+  state and differentiates through it, so its gradient is that of one pass over the
+  3 windows (row 0), or over the windows before and after a document start inside the
+  step (row 1: a fresh state at window 2); and not the gradient with the state held
+  constant between windows (what carry_windows=1 sums to)."""
+  cfg, model, params = _model(kind)
+  k = 3
+  tokens = jax.random.randint(jax.random.key(4), (2, k * W + 1), 0, model_lib.VOCAB_SIZE)
+  batch = {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
+           'weights': jnp.ones((2, k * W), jnp.float32),
+           'start': jnp.array([[True, False, False], [True, False, True]])}
+  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(1.0))
+  fresh = model_lib.fresh_carry(cfg, 2)
+  new_state, carry, metrics = jax.jit(functools.partial(
+      steps.carry_train_step, fresh=fresh, schedule=optax.constant_schedule(1.0)))(
+          state, fresh, batch, jax.random.key(0))
+  got = jax.tree.map(lambda a, b: a - b, params, new_state.params)  # sgd(1): the gradient
+
+  def ce(p, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(model.apply({'params': p}, x), y).sum()
+
+  def one_pass(p):  # row 1 starts a document at window 2: its past there is cut
+    x, y, cut = batch['inputs'], batch['targets'], 2 * W
+    return (ce(p, x[:1], y[:1]) + ce(p, x[1:, :cut], y[1:, :cut])
+            + ce(p, x[1:, cut:], y[1:, cut:])) / (2 * k * W)
+
+  loss, expected = jax.jit(jax.value_and_grad(one_pass))(params)
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(g, e, atol=2e-6, rtol=2e-4)
+
+  def held(p):  # the state enters each window as a constant
+    c, total = fresh, 0.0
+    for w in range(k):
+      c = model_lib.reset_carry(c, fresh, batch['start'][:, w])
+      logits, c = model.apply({'params': p}, batch['inputs'][:, w * W:(w + 1) * W], carry=c)
+      c = jax.lax.stop_gradient(c)
+      total += optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch['targets'][:, w * W:(w + 1) * W]).sum()
+    return total / (2 * k * W)
+
+  truncated = jax.jit(jax.grad(held))(params)
+  assert not all(np.allclose(g, t, atol=1e-5) for g, t in
+                 zip(jax.tree.leaves(got), jax.tree.leaves(truncated)))
+  # The state left for the next step is the one streaming the windows leaves.
+  step = jax.jit(lambda p, x, c: model.apply({'params': p}, x, carry=c))
+  _, after_two = step(params, batch['inputs'][:, :2 * W], fresh)
+  _, streamed = step(params, batch['inputs'][:, 2 * W:],
+                     model_lib.reset_carry(after_two, fresh, batch['start'][:, 2]))
+  for a, b in zip(jax.tree.leaves(carry), jax.tree.leaves(streamed)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_k_windows_per_step_are_k_consecutive_batches_side_by_side():
+  _, source = _documents([20, 9, 30])
+  stream, joined = (data_lib.DocumentStream(source, global_batch=2, seed=0) for _ in range(2))
+  parts = _read(stream, 3)
+  got = joined.next_windows(3)
+  for key in ('inputs', 'targets', 'weights'):
+    np.testing.assert_array_equal(got[key], np.concatenate([b[key] for b in parts], axis=1))
+  np.testing.assert_array_equal(got['start'], np.stack([b['start'] for b in parts], axis=1))
+  assert got['start'].shape == (2, 3) and joined.get_state() == stream.get_state()
 
 
 @pytest.mark.parametrize('kind', CARRYING)
@@ -225,10 +294,11 @@ def _doc_config(tmp_path, attention, **overrides):
 
 
 @pytest.mark.slow  # trains
-@pytest.mark.parametrize('attention', ['causal_latent', 'full'])
+@pytest.mark.parametrize('attention, windows', [('causal_latent', 1), ('full', 1),
+                                                ('causal_latent', 2)])
 def test_a_stop_in_the_middle_of_documents_resumes_to_the_same_params(tmp_path, attention,
-                                                                      monkeypatch):
-  config = _doc_config(tmp_path, attention)
+                                                                      windows, monkeypatch):
+  config = _doc_config(tmp_path, attention, carry_windows=windows)
   whole = tmp_path / 'whole'
   trainer.train_and_evaluate(config, str(whole))
   next_batch = data_lib.DocumentStream.__next__
@@ -240,7 +310,8 @@ def test_a_stop_in_the_middle_of_documents_resumes_to_the_same_params(tmp_path, 
 
   split = tmp_path / 'split'
   monkeypatch.setattr(data_lib.DocumentStream, '__next__', preempting_next)
-  assert trainer.train_and_evaluate(config, str(split))['step'] == 4
+  # SIGTERM while the 4th window is drawn: the step reading it finishes and is saved.
+  assert trainer.train_and_evaluate(config, str(split))['step'] == 3 // windows + 1
   monkeypatch.setattr(data_lib.DocumentStream, '__next__', next_batch)
   assert trainer.train_and_evaluate(config, str(split))['step'] == 8
   for a, b in zip(jax.tree.leaves(helpers.restored_params(whole, config)[0]),
@@ -262,16 +333,21 @@ def test_a_stop_in_the_middle_of_documents_resumes_to_the_same_params(tmp_path, 
 
 
 @pytest.mark.slow  # trains
-@pytest.mark.parametrize('attention, meshes', [
-    ('causal_latent', [(2, 2, 1), (1, 1, 4), (2, 1, 2)]),
-    ('full', [(2, 2, 1), (2, 1, 2)])])
-def test_meshes_give_the_losses_of_one_device(tmp_path, attention, meshes):
+@pytest.mark.parametrize('attention, windows, meshes', [
+    ('causal_latent', 1, [(2, 2, 1), (1, 1, 4), (2, 1, 2)]),
+    ('causal_latent', 2, [(1, 1, 4)]),
+    ('full', 1, [(2, 2, 1), (2, 1, 2)])])
+def test_meshes_give_the_losses_of_one_device(tmp_path, attention, windows, meshes):
   def losses(mesh, per_device):
     config = _doc_config(tmp_path, attention, per_device_batch_size=per_device,
-                         num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4)
+                         num_train_steps=4, checkpoint_every_steps=4, eval_every_steps=4,
+                         carry_windows=windows)
     config.mesh.update(data=mesh[0], fsdp=mesh[1], seq=mesh[2])
     workdir = tmp_path / f'run_{"_".join(map(str, mesh))}'
     trainer.train_and_evaluate(config, str(workdir))
+    if windows > 1:  # what a step reads is counted: rows x windows x seq_len
+      row = report_lib.read_run(str(workdir))
+      assert row['clock'][4]['tokens'] == 4 * 8 * windows * config.data.seq_len
     return [m['train_loss'] for m in helpers.read_metrics(workdir) if 'train_loss' in m]
 
   one = losses((4, 1, 1), 2)  # data parallel: global batch 8 (tests/test_scale.py: = one device)
@@ -286,3 +362,9 @@ def test_bad_carry_settings_are_one_line(tmp_path):
     config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', **{'data.seq_len': 36}))
   with pytest.raises(ValueError, match="needs config.parallelism='jit'"):
     config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', parallelism='pmap'))
+  with pytest.raises(ValueError, match=r"^config.carry_windows=0 must be a whole number >= 1"):
+    config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', carry_windows=0))
+  with pytest.raises(ValueError, match=r"^config.carry_windows=2 reads consecutive windows "
+                     r"through a carried state: set config.carry_state=True"):
+    config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', carry_state=False,
+                                           carry_windows=2))

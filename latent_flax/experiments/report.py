@@ -94,10 +94,11 @@ def run_costs(metrics: list[dict]) -> dict:
 
 
 def _logged_batch(record: dict, seq_len: int) -> int | None:
-  """Examples per step as a record logs them; records written before train.py logged
-  global_batch: tokens/s over steps/s over seq_len."""
+  """Examples (windows) per step as a record logs them (global batch x windows per row
+  and step); records written before train.py logged global_batch: tokens/s over steps/s
+  over seq_len."""
   if 'global_batch' in record:
-    return record['global_batch']
+    return record['global_batch'] * record.get('windows_per_step', 1)
   if record.get('steps_per_sec'):
     return round(record['tokens_per_sec'] / record['steps_per_sec'] / seq_len)
   return None

@@ -226,6 +226,15 @@ class DocumentStream(Iterator[dict]):
     self._advance()
     return batch
 
+  def next_windows(self, count: int) -> dict[str, np.ndarray]:
+    """`count` consecutive batches joined row by row: each row's windows side by side
+    ('inputs', 'targets', 'weights': [rows, count x seq_len]) and their 'start' flags
+    ([rows, count]); a row whose document ends starts the next one within them."""
+    parts = [next(self) for _ in range(count)]
+    joined = {k: np.concatenate([p[k] for p in parts], axis=1)
+              for k in ('inputs', 'targets', 'weights')}
+    return {**joined, 'start': np.stack([p['start'] for p in parts], axis=1)}
+
   def _advance(self) -> None:
     """Every row of the global batch moves one window on; rows past their document's end
     take the next documents of the stream, in row order."""

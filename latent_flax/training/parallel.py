@@ -159,14 +159,15 @@ class Parallel:
     if self.kind == 'pmap':
       n = len(self.devices)
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
-    return jax.tree.map(self._place_rows, batch)
+    # 'start' is split by rows only: [rows] or, with K windows per step, [rows, K] flags
+    return {k: self._place_rows(x, rows_only=k == 'start') for k, x in batch.items()}
 
-  def _place_rows(self, x: np.ndarray) -> jax.Array:
+  def _place_rows(self, x: np.ndarray, rows_only: bool = False) -> jax.Array:
     """This process's share of the batch rows -> a global array, each local device given
-    its rows and (with a seq axis) its positions."""
+    its rows and (with a seq axis, unless rows_only) its positions."""
     index, count = self.data_share
     global_shape = (x.shape[0] * count,) + x.shape[1:]
-    where = self.batch_sharding if x.ndim >= 2 else self.row_sharding
+    where = self.batch_sharding if x.ndim >= 2 and not rows_only else self.row_sharding
     row0 = index * x.shape[0]
     pieces = []
     for device, idx in where.addressable_devices_indices_map(global_shape).items():

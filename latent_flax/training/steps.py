@@ -75,16 +75,30 @@ def carry_train_step(state: TrainState, carry, batch: dict, rng: jax.Array, *, f
   `carry`, the attention state each row carried out of its previous window, is reset to
   `fresh` in rows whose batch['start'] is set, read by this window, and the state it
   leaves is returned for the next step. No gradient crosses a step: the carry enters as
-  a constant and leaves through stop_gradient."""
+  a constant and leaves through stop_gradient.
+
+  K windows per step (config.carry_windows; batch['start'] [rows, K], the other arrays
+  the K windows side by side, as DocumentStream.next_windows gives them): they are read
+  in turn, each from the state the one before left (reset where flagged), and the loss,
+  their mean over all weighted targets, is differentiated through the states between
+  them: truncated backpropagation through time over K windows."""
   rng = jax.random.fold_in(rng, state.step)
-  carry = model_lib.reset_carry(carry, fresh, batch['start'])
+  starts = batch['start'] if batch['start'].ndim == 2 else batch['start'][:, None]
+  count = starts.shape[1]
+  n = batch['inputs'].shape[1] // count
   weight_sum = jnp.maximum(jnp.sum(batch['weights']), 1.0)
 
   def loss_fn(params):
-    logits, next_carry = state.apply_fn({'params': params}, batch['inputs'], deterministic=False,
-                                        rngs={'dropout': rng}, carry=carry)
-    ce, correct = weighted_ce(logits, batch)
-    return jnp.sum(ce) / weight_sum, (jnp.sum(correct) / weight_sum, next_carry)
+    state_k, ce_sum, correct_sum = carry, 0.0, 0.0
+    for k in range(count):
+      window = {key: batch[key][:, k * n:(k + 1) * n] for key in ('inputs', 'targets', 'weights')}
+      state_k = model_lib.reset_carry(state_k, fresh, starts[:, k])
+      logits, state_k = state.apply_fn(
+          {'params': params}, window['inputs'], deterministic=False, carry=state_k,
+          rngs={'dropout': rng if count == 1 else jax.random.fold_in(rng, k)})
+      ce, correct = weighted_ce(logits, window)
+      ce_sum, correct_sum = ce_sum + jnp.sum(ce), correct_sum + jnp.sum(correct)
+    return ce_sum / weight_sum, (correct_sum / weight_sum, state_k)
 
   (loss, (accuracy, next_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
