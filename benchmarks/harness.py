@@ -177,7 +177,8 @@ class LMStep:
   random bytes of config.data.seq_len tokens, config.per_device_batch_size rows per
   device of the data and fsdp axes. With config.carry_state, the step that carries each
   row's attention state to the next (training/steps.carry_train_step), no row starting a
-  document: the steady state of training past the window."""
+  document: the steady state of training past the window; with config.carry_windows = K,
+  each row's K windows a step (the gradient through the state between them)."""
 
   def __init__(self, config, devices: Sequence[Any] | None = None, seed: int = 0):
     config_lib.validate_config(config)
@@ -189,20 +190,22 @@ class LMStep:
     self.devices = list(devices or jax.devices()[:1])
     _, _, seq = config_lib.validate_layout(config, len(self.devices))
     self.rows = config.per_device_batch_size * len(self.devices) // seq
-    self.tokens = self.rows * config.data.seq_len
-    self.model = config_lib.build_model(config)
     self.carries = bool(config.get('carry_state'))
+    self.windows = config.get('carry_windows', 1) if self.carries else 1
+    self.tokens = self.rows * config.data.seq_len * self.windows
+    self.model = config_lib.build_model(config)
     self.parallel = Parallel('jit', self.model, config, devices=self.devices,
                              carry_batch=self.rows if self.carries else 0)
     self.abstract_state = checkpoint.abstract_state(self.model, config,
                                                     self.parallel.shard_state_like)
-    n = config.data.seq_len
+    n = config.data.seq_len * self.windows
     data = np.random.default_rng(seed).integers(0, model_lib.VOCAB_SIZE, (self.rows, n + 1))
     self.batch = {'inputs': data[:, :-1].astype(np.int32),
                   'targets': data[:, 1:].astype(np.int32),
                   'weights': np.ones((self.rows, n), np.float32)}
     if self.carries:
-      self.batch['start'] = np.zeros(self.rows, bool)
+      self.batch['start'] = np.zeros((self.rows, self.windows) if self.windows > 1
+                                     else self.rows, bool)
     self.seed = seed
     self.state = self.metrics = None
 

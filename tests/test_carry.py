@@ -368,3 +368,23 @@ def test_bad_carry_settings_are_one_line(tmp_path):
                      r"through a carried state: set config.carry_state=True"):
     config_lib.validate_config(_doc_config(tmp_path, 'causal_latent', carry_state=False,
                                            carry_windows=2))
+
+
+@pytest.mark.slow  # compiles two train steps
+def test_k_windows_a_step_keep_the_activations_of_all_k(tmp_path):
+  """The cost of the gradient through K windows (design 2b): the compiled step's working
+  memory grows with K; the carried state's does not."""
+  from latent_flax.training.parallel import Parallel
+  temp = {}
+  for k in (1, 4):
+    config = _doc_config(tmp_path, 'causal_latent', carry_windows=k, per_device_batch_size=1)
+    config.mesh.update(data=1, fsdp=1, seq=1)
+    model = config_lib.build_model(config)
+    parallel = Parallel('jit', model, config, devices=jax.devices()[:1], carry_batch=1)
+    target = checkpoint.abstract_state(model, config, parallel.shard_state_like)
+    n = k * config.data.seq_len
+    shapes = {'inputs': ((1, n), jnp.int32), 'targets': ((1, n), jnp.int32),
+              'weights': ((1, n), jnp.float32), 'start': ((1, k) if k > 1 else (1,), bool)}
+    compiled = parallel.lower_train_step(target, shapes).compile()
+    temp[k] = compiled.memory_analysis().temp_size_in_bytes
+  assert temp[4] > 2.5 * temp[1], temp

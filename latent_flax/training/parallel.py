@@ -124,12 +124,18 @@ class Parallel:
     `batch_shapes` {name: (shape, dtype)} of the global batch."""
     state = self.lay_out(abstract_state, lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                           sharding=s))
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding if len(shape) > 1
-                                     else self.row_sharding)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding
+                                     if len(shape) > 1 and k != 'start' else self.row_sharding)
              for k, (shape, dtype) in batch_shapes.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=self.replicated)
     with jax.set_mesh(self.mesh):
+      if 'start' in batch and self.carry_batch:  # the step that carries state (carry_state)
+        carry = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                            sharding=self.row_sharding),
+                             jax.eval_shape(lambda: model_lib.fresh_carry(self.model.cfg,
+                                                                          self.carry_batch)))
+        return self._train_carry.lower(state, carry, batch, rng)
       return self._train.lower(state, batch, rng)
 
   def put_state(self, state_global: steps.TrainState) -> steps.TrainState:
