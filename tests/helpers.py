@@ -68,8 +68,8 @@ def subprocess_env(devices: int = 4) -> dict:
   return env
 
 
-def _ignore_sigint():
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _sigint(disposition):
+  return lambda: signal.signal(signal.SIGINT, disposition)
 
 
 class Child:
@@ -78,11 +78,14 @@ class Child:
   def __init__(self, argv, devices=4, extra_env=None, new_session=False, ignore_sigint=False):
     env = subprocess_env(devices)
     env.update(extra_env or {})
-    # ignore_sigint: started as a shell's background job (`cmd &`, nohup) starts it.
+    # SIGINT as a terminal's command has it (Ctrl-C stops it), however the suite was
+    # started (CI or `make test &` ignore it, and children inherit that); ignore_sigint:
+    # as a shell's background job (`cmd &`, nohup) has it.
     self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  start_new_session=new_session,
-                                 preexec_fn=_ignore_sigint if ignore_sigint else None)
+                                 preexec_fn=_sigint(signal.SIG_IGN if ignore_sigint
+                                                    else signal.SIG_DFL))
     self.lines = []
     self._queue = queue.Queue()
     threading.Thread(target=self._pump, daemon=True).start()

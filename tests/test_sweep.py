@@ -384,10 +384,8 @@ def test_sweep_as_a_job_array_through_submitit_and_a_requeued_point_resumes(tmp_
                         "def get_sweep():\n"
                         "  return [{'model.num_latents': 2}, {'model.num_latents': 4}]\n")
   workdir = tmp_path / 'sweep'
-  # Started as a background job is (SIGINT ignored, which its children would inherit):
-  # submitit cancels a local job by SIGINT.
   child = Child(['sweep.py', f'--sweep={sweep_file}', f'--workdir={workdir}',
-                 '--launcher=submitit_local', '--slurm_time_min=20'], ignore_sigint=True)
+                 '--launcher=submitit_local', '--slurm_time_min=20'])
   assert child.finish() == 0, child.lines[-20:]
   out = '\n'.join(child.lines)
   assert '[1/2] m=2: submitted as job' in out and '[2/2] m=4: submitted as job' in out
