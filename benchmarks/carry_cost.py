@@ -75,7 +75,7 @@ def main() -> None:
   # Seconds per window of seq_len bytes (a step of K windows reads K).
   rounds = harness.paired_rounds(
       variants, lambda v: {'seconds': steps[v].run(args.repeats) / _variant(v)[2]}, args.rounds,
-      on_record=lambda v, r: print(f"round {r['round'] + 1} {v}: {r['seconds']:.3f} s/step",
+      on_record=lambda v, r: print(f"round {r['round'] + 1} {v}: {r['seconds']:.3f} s per window",
                                    flush=True))
   rows = []
   for kind in args.kinds:
