@@ -1,5 +1,6 @@
 """Shrinking real configs for fast tests; child processes with awaitable output."""
 
+import contextlib
 import os
 import queue
 import re
@@ -68,8 +69,20 @@ def subprocess_env(devices: int = 4) -> dict:
   return env
 
 
-def _sigint(disposition):
-  return lambda: signal.signal(signal.SIGINT, disposition)
+@contextlib.contextmanager
+def _children_sigint(ignored: bool):
+  """Processes started inside get SIGINT ignored, or at its default (a Python handler here
+  is reset to the default by exec; only an ignored signal is inherited). Set here, not in
+  a preexec_fn, which would make Popen fork a multithreaded process."""
+  try:
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+  except ValueError:  # not the main thread: as inherited
+    yield
+    return
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, old)
 
 
 class Child:
@@ -81,11 +94,10 @@ class Child:
     # SIGINT as a terminal's command has it (Ctrl-C stops it), however the suite was
     # started (CI or `make test &` ignore it, and children inherit that); ignore_sigint:
     # as a shell's background job (`cmd &`, nohup) has it.
-    self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 start_new_session=new_session,
-                                 preexec_fn=_sigint(signal.SIG_IGN if ignore_sigint
-                                                    else signal.SIG_DFL))
+    with _children_sigint(ignored=ignore_sigint):
+      self.proc = subprocess.Popen([sys.executable] + argv, cwd=REPO, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   start_new_session=new_session)
     self.lines = []
     self._queue = queue.Queue()
     threading.Thread(target=self._pump, daemon=True).start()
