@@ -289,8 +289,7 @@ def _train(config, workdir, task, train_source, eval_sets, eval_main) -> dict:
     writer.write_hparams({k: v for k, v in flax.traverse_util.flatten_dict(
         config.to_dict(), sep='.').items() if isinstance(v, (int, float, str, bool))})
   log = MetricsLog(workdir, start_step, enabled=is_chief)
-  per_row = windows * config.data.seq_len  # tokens each row reads per step
-  tokens_per_step = global_batch * per_row
+  tokens_per_step = global_batch * windows * config.data.seq_len
   label = attention_registry.get(config.model.attention).label(config.model)
   say(f"Training {label} (H={config.model.num_heads}, {num_params:,} params) "
       f"for {config.num_train_steps} steps "

@@ -516,14 +516,13 @@ def test_sigterm_to_a_submitit_local_sweep_stops_its_jobs_and_says_so(tmp_path):
     assert child.finish(timeout=600) == 128 + signal.SIGTERM  # launch.wait gives 300 s
   finally:
     child.kill()
-    left = _processes_of(workdir)
-    if left:  # a failure's orphans must not train on through the rest of the suite
-      for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-          os.kill(pid, signal.SIGKILL)
+    left = _jobs_state(workdir)  # for a failure's message, before the orphans are killed
+    for pid in _processes_of(workdir):  # they must not train on through the rest of the suite
+      with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
   said = [l for l in child.lines if l.startswith('Stopped by SIGTERM')]
   assert len(said) == 1 and 'cancelled 1 running job(s)' in said[0], child.lines[-10:]
-  assert 'still running' not in said[0], _jobs_state(workdir)
+  assert 'still running' not in said[0], left
   assert not any('Traceback' in l for l in child.lines), child.lines
   # No trainer is left, and it saved the step it stopped at: the same command resumes.
   assert workdir_lock.wait_released(str(point), 0)

@@ -123,11 +123,15 @@ def coverage(source, tokens: int, global_batch: int, num_batches: int | None) ->
           'split_tokens': int(split_tokens)}
 
 
+def portion(tokens: int, split_tokens: int, unit: str = '') -> str:
+  """'512 of 3,584 bytes', or 'all 3,584 bytes' for the whole split (unit optional)."""
+  said = f"all {split_tokens:,}" if tokens == split_tokens else f"{tokens:,} of {split_tokens:,}"
+  return f"{said} {unit}" if unit else said
+
+
 def over(tokens: int, split_tokens: int, unit: str) -> str:
   """'over 512 of 3,584 bytes', or 'over all 3,584 bytes' for the whole split."""
-  if tokens == split_tokens:
-    return f"over all {split_tokens:,} {unit}"
-  return f"over {tokens:,} of {split_tokens:,} {unit}"
+  return f"over {portion(tokens, split_tokens, unit)}"
 
 
 def evaluation_config(config: ml_collections.ConfigDict, *, seq_len: int | None = None,

@@ -206,7 +206,7 @@ def _coverage(tokens: int | None, split_tokens: int | None, unit: str = '') -> s
   recorded)."""
   if not tokens or not split_tokens:
     return ''
-  return runs.over(tokens, split_tokens, unit).removeprefix('over ').strip()
+  return runs.portion(tokens, split_tokens, unit)
 
 
 def summarize(workdir: str) -> dict:

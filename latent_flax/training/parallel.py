@@ -124,8 +124,7 @@ class Parallel:
     `batch_shapes` {name: (shape, dtype)} of the global batch."""
     state = self.lay_out(abstract_state, lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                           sharding=s))
-    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding
-                                     if len(shape) > 1 and k != 'start' else self.row_sharding)
+    batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self._sharding_of(k, len(shape)))
              for k, (shape, dtype) in batch_shapes.items()}
     key = jax.eval_shape(lambda: jax.random.key(0))
     rng = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=self.replicated)
@@ -165,15 +164,18 @@ class Parallel:
     if self.kind == 'pmap':
       n = len(self.devices)
       return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
-    # 'start' is split by rows only: [rows] or, with K windows per step, [rows, K] flags
-    return {k: self._place_rows(x, rows_only=k == 'start') for k, x in batch.items()}
+    return {k: self._place_rows(x, self._sharding_of(k, x.ndim)) for k, x in batch.items()}
 
-  def _place_rows(self, x: np.ndarray, rows_only: bool = False) -> jax.Array:
-    """This process's share of the batch rows -> a global array, each local device given
-    its rows and (with a seq axis, unless rows_only) its positions."""
+  def _sharding_of(self, key: str, ndim: int) -> NamedSharding:
+    """A batch array's layout: split by rows, and positions over seq; 'start' (a flag per
+    row, or per row and window: [rows, K]) and other per-row arrays by rows only."""
+    return self.batch_sharding if ndim >= 2 and key != 'start' else self.row_sharding
+
+  def _place_rows(self, x: np.ndarray, where: NamedSharding) -> jax.Array:
+    """This process's share of the batch rows -> a global array laid out as `where` says,
+    each local device given its rows (and positions)."""
     index, count = self.data_share
     global_shape = (x.shape[0] * count,) + x.shape[1:]
-    where = self.batch_sharding if x.ndim >= 2 and not rows_only else self.row_sharding
     row0 = index * x.shape[0]
     pieces = []
     for device, idx in where.addressable_devices_indices_map(global_shape).items():
